@@ -1,0 +1,209 @@
+import io.kubernetes.client.openapi.ApiClient;
+import io.kubernetes.client.openapi.ApiException;
+import io.kubernetes.client.openapi.models.V1Status;
+import io.kubernetes.client.util.ClientBuilder;
+import io.kubernetes.client.util.Config;
+import io.kubernetes.client.util.KubeConfig;
+import java.io.File;
+import java.io.IOException;
+import java.io.Reader;
+import java.net.ConnectException;
+import java.net.SocketTimeoutException;
+import java.net.UnknownHostException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+import java.util.concurrent.TimeUnit;
+import picocli.CommandLine.Option;
+
+/**
+ * The kubectl options every cluster-facing script has: --kubeconfig, --context and -n/--namespace, resolved
+ * as kubectl resolves them, and the ApiClient they describe.
+ */
+class KubeOptions {
+    @Option(names = "--kubeconfig", paramLabel = "FILE",
+            description = "Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).")
+    Path kubeconfig;
+
+    @Option(names = "--context", paramLabel = "NAME", description = "The kubeconfig context to use (default: its current context).")
+    String context;
+
+    @Option(names = {"-n", "--namespace"}, paramLabel = "NAMESPACE",
+            description = "The namespace of the target (default: the context's namespace, else 'default').")
+    String namespace;
+
+    private Kube kube;
+
+    /** The cluster these options describe, resolved once. */
+    Kube kube() {
+        if (kube == null) kube = Kube.connect(kubeconfig, context, namespace);
+        return kube;
+    }
+}
+
+/** A connection to one cluster: the ApiClient, the namespace to work in, and where they came from. */
+final class Kube {
+    final ApiClient client;
+    final String namespace;
+    /** Where the configuration came from, for messages: a kubeconfig path or "in-cluster". */
+    final String source;
+    /** The context used, or null in-cluster. */
+    final String context;
+
+    private Kube(ApiClient client, String namespace, String source, String context) {
+        this.client = client;
+        this.namespace = namespace;
+        this.source = source;
+        this.context = context;
+    }
+
+    static Kube connect(Path kubeconfig, String context, String namespace) {
+        Optional<Path> file = kubeconfigFile(kubeconfig);
+        if (file.isEmpty()) {
+            if (inCluster()) return inClusterConnection(context, namespace);
+            throw new ExitException(ExitCode.USAGE, "no Kubernetes configuration: "
+                    + (System.getenv("KUBECONFIG") != null ? "no file of KUBECONFIG exists" : "~/.kube/config does not exist")
+                    + " and this is not a pod; pass --kubeconfig FILE or set KUBECONFIG");
+        }
+        KubeConfig config = load(file.get());
+        if (context != null && !config.setContext(context)) {
+            throw new ExitException(ExitCode.USAGE, "context '" + context + "' is not in " + file.get() + "; it has: "
+                    + String.join(", ", contextNames(config)) + ". Pick one with --context");
+        }
+        if (config.getCurrentContext() == null || config.getCurrentContext().isEmpty()) {
+            throw new ExitException(ExitCode.USAGE, file.get() + " has no current context; pass --context NAME"
+                    + (contextNames(config).isEmpty() ? "" : " (one of: " + String.join(", ", contextNames(config)) + ")"));
+        }
+        if (config.getServer() == null) {
+            throw new ExitException(ExitCode.USAGE, "context '" + config.getCurrentContext() + "' of " + file.get()
+                    + " names no cluster server; fix the kubeconfig or pick another --context");
+        }
+        ApiClient client;
+        try {
+            // No ConfigPersister: refreshed tokens are never written back into the user's kubeconfig.
+            client = ClientBuilder.kubeconfig(config).build();
+        } catch (IOException | RuntimeException e) {
+            throw new ExitException(ExitCode.USAGE, "cannot use context '" + config.getCurrentContext() + "' of " + file.get()
+                    + ": " + Cli.firstLine(String.valueOf(e.getMessage())), e);
+        }
+        tune(client);
+        String ns = namespace != null ? namespace : Optional.ofNullable(config.getNamespace()).filter(s -> !s.isEmpty()).orElse("default");
+        return new Kube(client, ns, file.get().toString(), config.getCurrentContext());
+    }
+
+    /** --kubeconfig, else the first existing file of $KUBECONFIG, else ~/.kube/config if it exists. */
+    static Optional<Path> kubeconfigFile(Path option) {
+        if (option != null) {
+            if (!Files.isRegularFile(option)) {
+                throw new ExitException(ExitCode.USAGE, "kubeconfig " + option + " does not exist; check the --kubeconfig path");
+            }
+            return Optional.of(option);
+        }
+        String env = System.getenv("KUBECONFIG");
+        if (env != null && !env.isBlank()) {
+            for (String part : env.split(File.pathSeparator)) {
+                if (!part.isBlank() && Files.isRegularFile(Path.of(part))) return Optional.of(Path.of(part));
+            }
+            return Optional.empty();
+        }
+        Path home = Path.of(System.getProperty("user.home"), ".kube", "config");
+        return Files.isRegularFile(home) ? Optional.of(home) : Optional.empty();
+    }
+
+    private static KubeConfig load(Path file) {
+        try (Reader reader = Files.newBufferedReader(file)) {
+            KubeConfig config = KubeConfig.loadKubeConfig(reader);
+            if (config == null) throw new IllegalArgumentException("it is empty");
+            config.setFile(file.toAbsolutePath().toFile()); // relative certificate paths resolve against it
+            return config;
+        } catch (IOException e) {
+            throw new ExitException(ExitCode.USAGE, "cannot read kubeconfig " + file + ": " + e.getMessage(), e);
+        } catch (RuntimeException e) { // SnakeYAML's parse errors, or a document that is not a mapping
+            throw new ExitException(ExitCode.USAGE, "kubeconfig " + file + " is not a valid kubeconfig: "
+                    + Cli.firstLine(String.valueOf(e.getMessage())) + "; fix the file or point --kubeconfig at another", e);
+        }
+    }
+
+    @SuppressWarnings("unchecked")
+    private static List<String> contextNames(KubeConfig config) {
+        List<String> names = new ArrayList<>();
+        if (config.getContexts() != null) {
+            for (Object context : config.getContexts()) {
+                if (context instanceof Map<?, ?> map && map.get("name") != null) names.add(map.get("name").toString());
+            }
+        }
+        return names;
+    }
+
+    private static boolean inCluster() {
+        return System.getenv(Config.ENV_SERVICE_HOST) != null
+                && Files.isRegularFile(Path.of(Config.SERVICEACCOUNT_TOKEN_PATH));
+    }
+
+    private static Kube inClusterConnection(String context, String namespace) {
+        if (context != null) {
+            throw new ExitException(ExitCode.USAGE, "--context " + context + " needs a kubeconfig, and this pod has none; drop --context");
+        }
+        try {
+            ApiClient client = ClientBuilder.cluster().build();
+            tune(client);
+            String ns = namespace;
+            if (ns == null) {
+                Path file = Path.of(Config.SERVICEACCOUNT_NAMESPACE_PATH);
+                ns = Files.isRegularFile(file) ? Files.readString(file).strip() : "default";
+            }
+            return new Kube(client, ns, "in-cluster", null);
+        } catch (IOException e) {
+            throw new ExitException(ExitCode.USAGE, "cannot read this pod's service account: " + e.getMessage(), e);
+        }
+    }
+
+    /** Short connect timeout so an unreachable server fails fast; reads stay unbounded for watches and streams. */
+    private static void tune(ApiClient client) {
+        client.setHttpClient(client.getHttpClient().newBuilder()
+                .connectTimeout(10, TimeUnit.SECONDS)
+                .readTimeout(0, TimeUnit.SECONDS)
+                .build());
+    }
+
+    /**
+     * One line for an ApiException: the server's Status message (never the response headers), prefixed by
+     * what was being done, with the exit code that matches the HTTP status.
+     */
+    static ExitException failure(String doing, ApiException e) {
+        if (e.getCode() == 0) {
+            Throwable cause = e.getCause() != null ? e.getCause() : e;
+            String why = cause instanceof ConnectException ? "connection refused"
+                    : cause instanceof UnknownHostException ? "unknown host " + cause.getMessage()
+                    : cause instanceof SocketTimeoutException ? "timed out"
+                    : String.valueOf(cause.getMessage());
+            return new ExitException(ExitCode.UNREACHABLE, doing + ": cannot reach the API server (" + why
+                    + "); check the cluster is up and the kubeconfig context points at it", e);
+        }
+        String message = statusMessage(e).orElse("HTTP " + e.getCode());
+        int status = switch (e.getCode()) {
+            case 401, 403 -> ExitCode.FORBIDDEN;
+            case 404 -> ExitCode.NOT_FOUND;
+            case 409 -> ExitCode.STATE;
+            case 400, 422 -> ExitCode.USAGE;
+            case 408, 504 -> ExitCode.TIMEOUT;
+            default -> ExitCode.FAILURE;
+        };
+        return new ExitException(status, doing + ": " + message, e);
+    }
+
+    /** The message of the Status object the API server put in the response body, if there is one. */
+    static Optional<String> statusMessage(ApiException e) {
+        String body = e.getResponseBody();
+        if (body == null || body.isBlank()) return Optional.empty();
+        try {
+            V1Status status = new io.kubernetes.client.openapi.JSON().deserialize(body, V1Status.class);
+            return Optional.ofNullable(status).map(V1Status::getMessage).filter(m -> !m.isBlank());
+        } catch (RuntimeException notAStatus) {
+            return Optional.of(Cli.firstLine(body));
+        }
+    }
+}
