@@ -1,0 +1,3 @@
+module kdlv.local/pause
+
+go 1.22
