@@ -1,0 +1,3 @@
+module kdlv/debug-image/nc
+
+go 1.21
