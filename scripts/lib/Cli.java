@@ -34,6 +34,10 @@ final class ExitCode {
     static final int UNREACHABLE = 8;
     /** The cluster, runtime or target does not support what was asked (feature off, Go version). */
     static final int UNSUPPORTED = 9;
+    /** The local address or port cannot be bound (in use, not a local address). */
+    static final int LOCAL_PORT = 10;
+    /** The debugger container or its pod went away while the command was running (tunnel, connect). */
+    static final int GONE = 11;
 
     private ExitCode() {}
 }
