@@ -35,9 +35,9 @@ final class ExitCode {
     /** The cluster, runtime or target does not support what was asked (feature off, Go version). */
     static final int UNSUPPORTED = 9;
     /** The local address or port cannot be bound (in use, not a local address). */
-    static final int LOCAL_PORT = 10;
+    static final int LOCAL_PORT = 14;
     /** The debugger container or its pod went away while the command was running (tunnel, connect). */
-    static final int GONE = 11;
+    static final int GONE = 15;
 
     private ExitCode() {}
 }
