@@ -3,6 +3,7 @@
 //DEPS io.kubernetes:client-java:27.0.0
 //DEPS com.fasterxml.jackson.dataformat:jackson-dataformat-yaml:2.20.1
 //DEPS org.slf4j:slf4j-nop:2.0.17
+//DEPS com.google.cloud.tools:jib-core:0.28.1
 
 // The one place where dependency versions are pinned: JBang merges the //DEPS of every //SOURCES file,
 // so each script that pulls in lib/*.java gets exactly these.
@@ -39,6 +40,10 @@ final class ExitCode {
     /** The debugger container or its pod went away while the command was running (tunnel, connect). */
     static final int GONE = 15;
 
+    /** A program the step needs is not installed (the Go toolchain, docker, podman, buildah). */
+    static final int TOOL_MISSING = 16;
+    /** A local file cannot be read or written (an image archive, --dlv-binary). */
+    static final int LOCAL_FILE = 17;
     private ExitCode() {}
 }
 
