@@ -39,6 +39,14 @@ final class ExitCode {
     static final int LOCAL_PORT = 14;
     /** The debugger container or its pod went away while the command was running (tunnel, connect). */
     static final int GONE = 15;
+    /** The debugger container started but Delve did not come up (attach refused, container exited). */
+    static final int DEBUGGER_FAILED = 10;
+    /** The debug image cannot be pulled or run (ErrImagePull, ImagePullBackOff, InvalidImageName). */
+    static final int IMAGE = 11;
+    /** Admission policy (PodSecurity) forbids the debugger's security context in this namespace. */
+    static final int POLICY = 12;
+    /** The name is already used in the pod (ephemeral container names can never be reused). */
+    static final int NAME_TAKEN = 13;
 
     /** A program the step needs is not installed (the Go toolchain, docker, podman, buildah). */
     static final int TOOL_MISSING = 16;
@@ -69,6 +77,8 @@ class VerboseOption {
 
 /** Builds the picocli CommandLine of a script: one-line errors, exit codes, colour only on terminals. */
 final class Cli {
+    static final String VERSION = "kdlv 0.1.0";
+
     private Cli() {}
 
     /** Runs a command as a program: parses, executes and exits with its status. */

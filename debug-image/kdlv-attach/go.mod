@@ -1,0 +1,3 @@
+module kdlv.dev/debug-image/kdlv-attach
+
+go 1.21
