@@ -3,6 +3,7 @@
 //SOURCES lib/*.java
 //DESCRIPTION Attach a headless Delve to the Go process of a running pod, through an ephemeral container.
 
+import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
 import com.google.gson.reflect.TypeToken;
@@ -14,7 +15,6 @@ import io.kubernetes.client.openapi.apis.AppsV1Api;
 import io.kubernetes.client.openapi.apis.AuthorizationV1Api;
 import io.kubernetes.client.openapi.apis.CoreV1Api;
 import io.kubernetes.client.openapi.models.V1APIResource;
-import io.kubernetes.client.openapi.models.V1Capabilities;
 import io.kubernetes.client.openapi.models.V1Container;
 import io.kubernetes.client.openapi.models.V1ContainerState;
 import io.kubernetes.client.openapi.models.V1ContainerStatus;
@@ -151,7 +151,9 @@ class Attach implements Callable<Integer> {
                 return report(new Attached(kube.namespace, podName, app.getName(), debugger, found.pid, debuggerPort,
                         found.goVersion, ours.get().getImage(), true), app);
             }
-            progress("debugger %s runs but its Delve does not answer; adding a new one", debugger);
+            throw new ExitException(ExitCode.DEBUGGER_FAILED, "debugger " + debugger + " still runs in pod " + podName
+                    + " but its Delve does not answer on 127.0.0.1:" + debuggerPort + " through a port-forward, and a second Delve cannot"
+                    + " attach while it holds the process; see kubectl logs -n " + kube.namespace + " " + podName + " -c " + debugger);
         }
 
         // 3. The debugger: an ephemeral container in the target's PID namespace running a headless Delve.
@@ -159,8 +161,8 @@ class Attach implements Callable<Integer> {
         requireImage();
         requireNameFree(pod, debugger);
         boolean asRoot = runsAsNonRoot(pod, app);
-        V1EphemeralContainer container = debuggerContainer(debugger, app.getName(), asRoot);
-        String patch = patchBody(kube, container);
+        Map<String, Object> container = debuggerContainer(debugger, app.getName(), asRoot);
+        String patch = patchBody(container);
 
         if (dryRun) {
             printManualSteps(kube, podName, app.getName(), container, patch);
@@ -359,34 +361,35 @@ class Attach implements Callable<Integer> {
         return (uid != null && uid != 0) || Boolean.TRUE.equals(nonRoot);
     }
 
-    /** The article's `dlv attach 1 --listen=:2345 --headless=true --api-version=2 --accept-multiclient --continue`, on loopback. */
-    V1EphemeralContainer debuggerContainer(String debugger, String targetName, boolean asRoot) {
-        List<String> delveArgs = List.of("--listen=127.0.0.1:" + port, "--headless=true", "--api-version=2",
-                "--accept-multiclient", "--continue", "--only-same-user=false");
-        List<String> command = new ArrayList<>();
-        if (pid != null) {
-            command.addAll(List.of("dlv", "attach", pid.toString()));
-        } else {
-            command.addAll(List.of("kdlv-attach", "--"));
+    /**
+     * The article's `dlv attach 1 --listen=:2345 --headless=true --api-version=2 --accept-multiclient --continue`,
+     * on loopback, as the ephemeral container the patch adds. Written as plain JSON: the client's models would
+     * also send empty ports and resizePolicy lists, which the API server refuses for ephemeral containers.
+     */
+    Map<String, Object> debuggerContainer(String debugger, String targetName, boolean asRoot) {
+        List<String> command = new ArrayList<>(pid != null ? List.of("dlv", "attach", pid.toString()) : List.of("kdlv-attach", "--"));
+        command.addAll(List.of("--listen=127.0.0.1:" + port, "--headless=true", "--api-version=2",
+                "--accept-multiclient", "--continue", "--only-same-user=false"));
+        Map<String, Object> security = new LinkedHashMap<>();
+        security.put("capabilities", Map.of("add", List.of("SYS_PTRACE")));
+        if (asRoot) {
+            security.put("runAsUser", 0);
+            security.put("runAsNonRoot", false);
         }
-        command.addAll(delveArgs);
-        V1SecurityContext security = new V1SecurityContext().capabilities(new V1Capabilities().addAddItem("SYS_PTRACE"));
-        if (asRoot) security.runAsUser(0L).runAsNonRoot(false);
-        return new V1EphemeralContainer()
-                .name(debugger)
-                .image(image)
-                .targetContainerName(targetName)
-                .command(command)
-                .env(List.of(new V1EnvVar().name(ENV_TARGET).value(targetName), new V1EnvVar().name(ENV_PORT).value(Integer.toString(port))))
-                .securityContext(security)
-                .stdin(false)
-                .tty(false)
-                .terminationMessagePolicy("FallbackToLogsOnError");
+        Map<String, Object> container = new LinkedHashMap<>();
+        container.put("name", debugger);
+        container.put("image", image);
+        container.put("targetContainerName", targetName);
+        container.put("command", command);
+        container.put("env", List.of(Map.of("name", ENV_TARGET, "value", targetName), Map.of("name", ENV_PORT, "value", Integer.toString(port))));
+        container.put("securityContext", security);
+        container.put("terminationMessagePolicy", "FallbackToLogsOnError");
+        return container;
     }
 
     /** The strategic-merge patch that adds the container (merged by name into spec.ephemeralContainers). */
-    static String patchBody(Kube kube, V1EphemeralContainer container) {
-        return "{\"spec\":{\"ephemeralContainers\":[" + kube.client.getJSON().serialize(container) + "]}}";
+    static String patchBody(Map<String, Object> container) throws JsonProcessingException {
+        return new ObjectMapper().writeValueAsString(Map.of("spec", Map.of("ephemeralContainers", List.of(container))));
     }
 
     // ---- 4. pre-flight ------------------------------------------------------------------------------------------
@@ -663,16 +666,19 @@ class Attach implements Callable<Integer> {
         return Optional.of(period * failures);
     }
 
-    void printManualSteps(Kube kube, String podName, String targetName, V1EphemeralContainer container, String patch) {
+    @SuppressWarnings("unchecked")
+    void printManualSteps(Kube kube, String podName, String targetName, Map<String, Object> container, String patch) {
+        String debugger = (String) container.get("name");
+        List<String> command = (List<String>) container.get("command");
         PrintWriter out = spec.commandLine().getOut();
         String ns = kube.namespace;
         out.println("# dry run: nothing was changed. The same steps with kubectl:");
         out.println("# 1. add the debugger, an ephemeral container running a headless Delve in the target's PID namespace");
         out.println("kubectl patch pod " + podName + " -n " + ns + " --subresource=ephemeralcontainers --type=strategic -p '" + patch + "'");
-        out.println("#    (about the same as: kubectl debug " + podName + " -n " + ns + " --target=" + targetName + " -c " + container.getName()
-                + " --image=" + image + " --profile=general -- " + String.join(" ", container.getCommand()) + ")");
+        out.println("#    (about the same as: kubectl debug " + podName + " -n " + ns + " --target=" + targetName + " -c " + debugger
+                + " --image=" + image + " --profile=general -- " + String.join(" ", command) + ")");
         out.println("# 2. wait until it runs and Delve says \"API server listening at: 127.0.0.1:" + port + "\"");
-        out.println("kubectl logs " + podName + " -n " + ns + " -c " + container.getName() + " -f");
+        out.println("kubectl logs " + podName + " -n " + ns + " -c " + debugger + " -f");
         out.println("# 3. reach it from this machine");
         out.println("kubectl port-forward -n " + ns + " pod/" + podName + " " + port + ":" + port);
     }

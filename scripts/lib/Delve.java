@@ -19,13 +19,14 @@ final class Delve implements Closeable {
     private static final ObjectMapper JSON = new ObjectMapper();
     private final Closeable connection;
     private final OutputStream out;
-    private final com.fasterxml.jackson.core.JsonParser in;
+    private final InputStream input;
+    private com.fasterxml.jackson.core.JsonParser in; // made on the first answer: making it reads ahead
     private int nextId = 1;
 
     Delve(InputStream in, OutputStream out, Closeable connection) throws IOException {
         this.connection = connection;
         this.out = out;
-        this.in = JSON.getFactory().createParser(in);
+        this.input = in;
     }
 
     /** Connects to a Delve server on a TCP address, with timeouts so that something that is not Delve cannot hang us. */
@@ -50,6 +51,7 @@ final class Delve implements Closeable {
         request.put("id", id);
         out.write(JSON.writeValueAsBytes(request));
         out.flush();
+        if (in == null) in = JSON.getFactory().createParser(input);
         JsonNode answer = JSON.readTree(in);
         if (answer == null || !answer.isObject()) throw new IOException("the server closed the connection or did not answer JSON-RPC");
         if (answer.hasNonNull("error")) throw new IOException("Delve answered " + method + " with an error: " + answer.get("error").asText());
@@ -60,7 +62,9 @@ final class Delve implements Closeable {
     Version version() throws IOException {
         JsonNode result = call("GetVersion", JSON.createObjectNode());
         if (!result.has("DelveVersion")) throw new IOException("the answer to GetVersion has no DelveVersion: this is not Delve");
-        return new Version(result.path("DelveVersion").asText().strip(), result.path("APIVersion").asInt(),
+        String delveVersion = result.path("DelveVersion").asText().strip(); // "Version: 1.27.2\nBuild: $Id: ... $"
+        java.util.regex.Matcher number = java.util.regex.Pattern.compile("Version: (\\S+)").matcher(delveVersion);
+        return new Version(number.find() ? number.group(1) : delveVersion, result.path("APIVersion").asInt(),
                 result.path("TargetGoVersion").asText(""),
                 goVersion(result, "MinSupportedVersionOfGo"), goVersion(result, "MaxSupportedVersionOfGo"));
     }
@@ -77,7 +81,7 @@ final class Delve implements Closeable {
     @Override
     public void close() throws IOException {
         try {
-            in.close();
+            input.close();
         } finally {
             connection.close();
         }
