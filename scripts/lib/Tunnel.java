@@ -25,6 +25,7 @@ import java.net.Socket;
 import java.net.SocketException;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
@@ -580,9 +581,15 @@ final class Tunnel implements Closeable {
             } catch (InterruptedException e) {
                 close(null);
             } catch (IOException e) {
-                close(null); // the client went away (reset): nothing to tell
+                if (verbose && !done.get()) log.accept("connection " + id + ": the client went away (" + e.getMessage() + ")");
+                close(null); // the client went away (reset): nothing more to tell
             } catch (ApiException | RuntimeException e) {
-                close("cannot open a stream: " + Cli.firstLine(String.valueOf(e.getMessage())));
+                if (verbose) {
+                    java.io.StringWriter trace = new java.io.StringWriter();
+                    e.printStackTrace(new java.io.PrintWriter(trace));
+                    log.accept(trace.toString().strip());
+                }
+                close("cannot open a stream: " + e);
             }
         }
 
@@ -611,8 +618,9 @@ final class Tunnel implements Closeable {
                 query.add(new Pair("stderr", "true"));
                 protocols = "v5.channel.k8s.io, v4.channel.k8s.io";
             }
+            Map<String, String> headers = new HashMap<>(Map.of("Sec-WebSocket-Protocol", protocols));
             return kube.client.buildRequest(null, path, "GET", query, new ArrayList<>(), null,
-                    Map.of("Sec-WebSocket-Protocol", protocols), Map.of(), Map.of(), new String[] {"BearerToken"}, null);
+                    headers, new HashMap<>(), new HashMap<>(), new String[] {"BearerToken"}, null);
         }
 
         @Override
