@@ -304,7 +304,7 @@ class BuildImage implements Callable<Integer> {
         String arch = node.getStatus() == null || node.getStatus().getNodeInfo() == null ? null
                 : node.getStatus().getNodeInfo().getArchitecture();
         if (arch == null) throw new ExitException(ExitCode.STATE, "node " + nodeName + " reports no architecture; pass --arch");
-        err().println("pod " + pod + " runs on node " + nodeName + ": linux/" + arch);
+        progress("pod " + pod + " runs on node " + nodeName + ": linux/" + arch);
         return normalizeArch(arch);
     }
 
@@ -371,18 +371,18 @@ class BuildImage implements Callable<Integer> {
         if (goVersion == null || release(delve).isPresent()) {
             Optional<Path> cached = Files.isRegularFile(cross) ? Optional.of(cross) : Files.isRegularFile(built) ? Optional.of(built) : Optional.empty();
             if (cached.isPresent()) {
-                err().println("Delve " + delve + " linux/" + arch + ": cached " + cached.get());
+                progress("Delve " + delve + " linux/" + arch + ": cached " + cached.get());
                 return cached.get();
             }
         }
         Path module = go.download(DELVE_MODULE + "@" + delve, cache());
         checkCompat(module, delve);
-        err().println("building Delve " + delve + " for linux/" + arch + " with " + go.version() + " ...");
+        progress("building Delve " + delve + " for linux/" + arch + " with " + go.version() + " ...");
         long start = System.nanoTime();
         go.run(Map.of("GOPATH", gopath.toString(), "GOARCH", arch), cache(), "install", "-trimpath", "-ldflags=-s -w", DELVE_MODULE + "/cmd/dlv@" + delve);
         Path result = Files.isRegularFile(cross) ? cross : built;
         if (!Files.isRegularFile(result)) throw new ExitException(ExitCode.FAILURE, "go install reported success but left no dlv in " + gopath.resolve("bin"));
-        err().printf("built %s in %.1f s%n", result, (System.nanoTime() - start) / 1e9);
+        progress(String.format(Locale.ROOT, "built %s in %.1f s", result, (System.nanoTime() - start) / 1e9));
         return result;
     }
 
@@ -408,7 +408,7 @@ class BuildImage implements Callable<Integer> {
         }
         Optional<Go> go = Go.find();
         if (go.isEmpty()) {
-            err().println(Cli.yellow("warning: no Go toolchain to build nc: the image has no nc. The article's exec tunnel needs it"
+            progress(Cli.yellow("warning: no Go toolchain to build nc: the image has no nc. The article's exec tunnel needs it"
                     + " (port-forward does not); pass --nc-binary FILE to add one"));
             return Optional.empty();
         }
@@ -551,7 +551,7 @@ class BuildImage implements Callable<Integer> {
                 .setAllowInsecureRegistries(insecure)
                 .setToolName("kdlv-build-image")
                 .addEventHandler(LogEvent.class, this::log);
-        err().println(doing + " ...");
+        progress(doing + " ...");
         try {
             return container.containerize(to);
         } catch (ExecutionException | RegistryException | IOException e) {
@@ -694,7 +694,13 @@ class BuildImage implements Callable<Integer> {
     }
 
     private void log(LogEvent event) {
-        if (verbose.verbose && event.getLevel().ordinal() <= LogEvent.Level.INFO.ordinal()) err().println("jib: " + event.getMessage());
+        if (verbose.verbose && event.getLevel().ordinal() <= LogEvent.Level.INFO.ordinal()) progress("jib: " + event.getMessage());
+    }
+
+    /** What the build is doing, on stderr; every such line starts with "build-image: ", errors do not. */
+    private void progress(String line) {
+        err().println("build-image: " + line);
+        err().flush();
     }
 
     private PrintWriter err() {
@@ -921,7 +927,7 @@ class BuildImage implements Callable<Integer> {
             }
             PrintWriter err = options.spec.commandLine().getErr();
             for (List<String> step : steps) {
-                err.println("+ " + String.join(" ", step));
+                err.println("build-image: + " + String.join(" ", step));
                 Process p = new ProcessBuilder(step).inheritIO().start();
                 if (p.waitFor() != 0) {
                     throw new ExitException(ExitCode.FAILURE, String.join(" ", step.subList(0, Math.min(3, step.size()))) + " failed with exit "

@@ -24,11 +24,12 @@ class BuildImageTest {
         System.clearProperty("kdlv.go");
     }
 
-    /** One line on stderr, the expected status, no stack trace. */
+    /** One line of error on stderr (besides "build-image: " progress lines), the expected status, no stack trace. */
     static TestTools.Result fails(int status, String... args) {
         TestTools.Result result = TestTools.run(new BuildImage(), args);
         assertEquals(status, result.status(), result::toString);
-        List<String> lines = result.err().lines().filter(l -> !l.isBlank() && !l.startsWith("Try '")).toList();
+        List<String> lines = result.err().lines()
+                .filter(l -> !l.isBlank() && !l.startsWith("Try '") && !l.startsWith("build-image: ")).toList();
         assertEquals(1, lines.size(), () -> "expected one line of error:\n" + result);
         assertFalse(result.err().contains("\tat "), result::toString);
         return result;

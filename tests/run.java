@@ -21,12 +21,13 @@ import org.junit.platform.launcher.listeners.TestExecutionSummary;
 /**
  * The test runner: `./jbang tests/run.java [GROUP...]`. Tests are grouped by tag by what they need:
  * untagged tests are `fast` (pure logic and the scripts' command lines), `delve` needs a dlv binary,
- * `cluster` a Kubernetes cluster (see tests/support/ClusterExtension.java), `docker` a Docker engine.
+ * `cluster` a Kubernetes cluster (see tests/support/ClusterExtension.java), `docker` a Docker engine,
+ * `registry` Debian's docker-registry, skopeo, htpasswd and a Go toolchain (build-image).
  * Each group runs through the console launcher on its own; a group whose needs are missing is skipped
  * and said so at the end, and on CI (CI=true) a missing group other than `docker` fails the run.
  */
 class Run {
-    static final List<String> GROUPS = List.of("fast", "delve", "cluster", "docker");
+    static final List<String> GROUPS = List.of("fast", "delve", "cluster", "docker", "registry");
 
     public static void main(String... args) {
         List<String> wanted = args.length == 0 ? GROUPS : List.of(args);
@@ -89,6 +90,7 @@ class Run {
             case "delve" -> TestTools.dlv().isPresent() ? Optional.empty()
                     : Optional.of("no dlv binary on PATH or in " + TestTools.binDir() + " (run tests/setup)");
             case "cluster" -> clusterUnavailable();
+            case "registry" -> BuildImageRegistryTest.unavailable();
             case "docker" -> TestTools.onPath("docker").isPresent() && TestTools.succeeds("docker", "info")
                     ? Optional.empty() : Optional.of("no Docker engine answers `docker info` (Testcontainers' k3s needs one)");
             default -> Optional.of("unknown group");
