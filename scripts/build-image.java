@@ -207,6 +207,7 @@ class BuildImage implements Callable<Integer> {
         }
         if (!builder.equals("jib")) return new ToolBuilder(builder, this).build(arches, delve, name);
 
+        if (push != null) checkRegistry(parseReference(name, "--push"));
         List<Binaries> binaries = new ArrayList<>();
         for (String a : arches) binaries.add(new Binaries(a, dlvFor(a, delve), ncFor(a)));
         for (Path extra : add) if (isElf(extra)) checkElf(extra, arches.get(0), "--add");
@@ -489,7 +490,8 @@ class BuildImage implements Callable<Integer> {
         Path target = tar.toAbsolutePath();
         Path temp;
         try {
-            temp = Files.createTempFile(target.getParent(), "." + target.getFileName(), ".partial");
+            temp = Files.createTempFile(target.getParent(), "." + target.getFileName(), ".partial",
+                    java.nio.file.attribute.PosixFilePermissions.asFileAttribute(java.nio.file.attribute.PosixFilePermissions.fromString("rw-r--r--")));
         } catch (IOException e) {
             throw notWritable(target, e);
         }
@@ -505,6 +507,18 @@ class BuildImage implements Callable<Integer> {
                     target + ", image id " + built.getImageId());
         } finally {
             Files.deleteIfExists(temp);
+        }
+    }
+
+    /** Fails fast, before a minute of building, when the registry cannot be reached or refuses the credentials. */
+    private void checkRegistry(ImageReference target) {
+        if (insecure && isLoopback(target.getRegistry())) System.setProperty("sendCredentialsOverHttp", "true");
+        try {
+            registryClient(target, credentials(target)).checkManifest(target.getQualifier());
+        } catch (ExitException e) {
+            throw e;
+        } catch (Exception e) {
+            throw registryFailure("checking " + target.getRegistry() + "/" + target.getRepository(), e);
         }
     }
 
