@@ -11,6 +11,7 @@
 import java.io.PrintWriter;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -19,7 +20,7 @@ import org.junit.platform.console.ConsoleLauncher;
 import org.junit.platform.launcher.listeners.TestExecutionSummary;
 
 /**
- * The test runner: `./jbang tests/run.java [GROUP...]`. Tests are grouped by tag by what they need:
+ * The test runner: `./jbang tests/run.java [GROUP...] [TestClass...]`. Tests are grouped by tag by what they need:
  * untagged tests are `fast` (pure logic and the scripts' command lines), `delve` needs a dlv binary,
  * `cluster` a Kubernetes cluster (see tests/support/ClusterExtension.java), `docker` a Docker engine,
  * `registry` Debian's docker-registry, skopeo, htpasswd and a Go toolchain (build-image).
@@ -30,7 +31,10 @@ class Run {
     static final List<String> GROUPS = List.of("fast", "delve", "cluster", "docker", "registry");
 
     public static void main(String... args) {
-        List<String> wanted = args.length == 0 ? GROUPS : List.of(args);
+        // Arguments are groups, or test class names (capitalised) to run only those classes.
+        List<String> classes = Arrays.stream(args).filter(a -> Character.isUpperCase(a.charAt(0))).toList();
+        List<String> groups = Arrays.stream(args).filter(a -> !Character.isUpperCase(a.charAt(0))).toList();
+        List<String> wanted = groups.isEmpty() ? GROUPS : groups;
         for (String group : wanted) {
             if (!GROUPS.contains(group)) {
                 System.err.println("unknown test group '" + group + "'; the groups are " + String.join(", ", GROUPS));
@@ -52,8 +56,12 @@ class Run {
             }
             out.println();
             out.println("=== test group: " + group + " ===");
-            List<String> launcherArgs = new ArrayList<>(List.of("execute", "--disable-banner", "--details=tree",
-                    "--scan-classpath", testClasses().toString()));
+            List<String> launcherArgs = new ArrayList<>(List.of("execute", "--disable-banner", "--details=tree"));
+            if (classes.isEmpty()) {
+                launcherArgs.addAll(List.of("--scan-classpath", testClasses().toString()));
+            } else {
+                classes.forEach(c -> launcherArgs.addAll(List.of("--select-class", c)));
+            }
             if (System.console() == null || System.getenv("NO_COLOR") != null) launcherArgs.add("--disable-ansi-colors");
             if (group.equals("fast")) {
                 GROUPS.stream().filter(g -> !g.equals("fast")).forEach(g -> launcherArgs.addAll(List.of("--exclude-tag", g)));
