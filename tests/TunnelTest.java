@@ -490,6 +490,7 @@ class TunnelTest {
         final AtomicInteger openStreams = new AtomicInteger();
         final AtomicInteger streamsServed = new AtomicInteger();
         final AtomicInteger watches = new AtomicInteger();
+        final AtomicInteger spdyRefused = new AtomicInteger();
         private final Set<Socket> sockets = ConcurrentHashMap.newKeySet();
         private final Thread acceptor;
         private volatile boolean closed;
@@ -572,6 +573,12 @@ class TunnelTest {
                     String path = target.contains("?") ? target.substring(0, target.indexOf('?')) : target;
                     String query = target.contains("?") ? target.substring(target.indexOf('?') + 1) : "";
                     if (path.endsWith("/portforward") || path.endsWith("/exec")) {
+                        if (headers.getOrDefault("sec-websocket-protocol", "").startsWith("SPDY/3.1+")) {
+                            // as an API server without PortForwardWebsockets: the tunnel falls back to one WebSocket per connection
+                            spdyRefused.incrementAndGet();
+                            respond(out, 400, status(400, "BadRequest", "unable to upgrade: requested protocol(s) are not supported"));
+                            continue;
+                        }
                         if (refuseStreams || !allowed) {
                             respond(out, 403, status(403, "Forbidden", "pods \"web\" is forbidden: User \"fake\" cannot get resource \"pods/"
                                     + path.substring(path.lastIndexOf('/') + 1) + "\" in API group \"\" in the namespace \"ns\""));

@@ -104,7 +104,7 @@ final class Tunnel implements Closeable {
     private final ServerSocket server;
     private final OkHttpClient http;
     private final ThreadPoolExecutor streams;
-    private final Set<Connection> connections = ConcurrentHashMap.newKeySet();
+    private final Set<Client> connections = ConcurrentHashMap.newKeySet();
     private final AtomicInteger connectionIds = new AtomicInteger();
     private final AtomicBoolean closed = new AtomicBoolean();
     private final CompletableFuture<ExitException> ended = new CompletableFuture<>();
@@ -163,7 +163,12 @@ final class Tunnel implements Closeable {
             checkRunning(target, debugger);
             checkAllowed(kube, pod, mode);
             Tunnel tunnel = new Tunnel(kube, pod, debugger, remotePort, mode, log, verbose, target.getMetadata().getUid(), server);
-            tunnel.start(target);
+            try {
+                tunnel.start(target);
+            } catch (RuntimeException e) {
+                tunnel.close();
+                throw e;
+            }
             return tunnel;
         } catch (RuntimeException e) {
             closeQuietly(server);
@@ -226,7 +231,9 @@ final class Tunnel implements Closeable {
         closeQuietly(server);
         Watch<V1Pod> current = watch;
         if (current != null) closeQuietly(current);
-        for (Connection connection : List.copyOf(connections)) connection.close(null);
+        for (Client connection : List.copyOf(connections)) connection.close(null);
+        SpdySession session = spdy;
+        if (session != null) session.close();
         if (watcher != null) watcher.interrupt();
         join(acceptor);
         join(watcher);
@@ -386,6 +393,7 @@ final class Tunnel implements Closeable {
     // ---- running ---------------------------------------------------------------------------------------------------
 
     private void start(V1Pod target) {
+        if (mode == Mode.PORT_FORWARD) openSpdy();
         acceptor = new Thread(this::acceptLoop, name + "-accept");
         acceptor.setDaemon(true);
         acceptor.start();
@@ -409,7 +417,8 @@ final class Tunnel implements Closeable {
             } catch (SocketException ignored) {
                 // a socket that is already gone fails later, in its own thread
             }
-            Connection connection = new Connection(connectionIds.incrementAndGet(), socket);
+            int id = connectionIds.incrementAndGet();
+            Client connection = mode == Mode.PORT_FORWARD && spdySupported ? new SpdyClient(id, socket) : new Connection(id, socket);
             connections.add(connection);
             if (closed.get()) {
                 connection.close(null);
@@ -519,7 +528,7 @@ final class Tunnel implements Closeable {
     // ---- one connection --------------------------------------------------------------------------------------------
 
     /** One local client and its WebSocket stream to the pod. */
-    private final class Connection extends WebSocketListener {
+    private final class Connection extends WebSocketListener implements Client {
         private final int id;
         private final Socket socket;
         private final CountDownLatch opened = new CountDownLatch(1);
@@ -541,16 +550,11 @@ final class Tunnel implements Closeable {
             this.socket = socket;
         }
 
-        void start() {
-            pump = new Thread(this::run, name + "-conn-" + id);
-            pump.setDaemon(true);
-            pump.start();
-        }
-
         private void run() {
             try {
                 toClient = socket.getOutputStream();
                 InputStream fromClient = socket.getInputStream();
+                long started = System.nanoTime();
                 webSocket = http.newWebSocket(request(), this);
                 if (!opened.await(30, TimeUnit.SECONDS)) {
                     close("no answer from the API server within 30 s");
@@ -560,7 +564,10 @@ final class Tunnel implements Closeable {
                     close(openFailure);
                     return;
                 }
-                if (verbose) log.accept("connection " + id + " from " + socket.getRemoteSocketAddress() + " opened (" + mode + ", " + protocol + ")");
+                if (verbose) {
+                    log.accept("connection " + id + " from " + socket.getRemoteSocketAddress() + " opened in "
+                            + TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms (" + mode + ", " + protocol + ")");
+                }
                 byte[] buffer = new byte[CHUNK + 1];
                 byte channel = 0; // port-forward data, or exec stdin
                 while (!done.get()) {
@@ -604,23 +611,17 @@ final class Tunnel implements Closeable {
         }
 
         private Request request() throws ApiException {
-            String path = "/api/v1/namespaces/" + kube.client.escapeString(kube.namespace) + "/pods/" + kube.client.escapeString(pod) + "/" + mode.subresource;
             List<Pair> query = new ArrayList<>();
-            String protocols;
             if (mode == Mode.PORT_FORWARD) {
                 query.add(new Pair("ports", Integer.toString(remotePort)));
-                protocols = "v4.channel.k8s.io";
-            } else {
-                query.add(new Pair("container", container));
-                for (String word : List.of("nc", "127.0.0.1", Integer.toString(remotePort))) query.add(new Pair("command", word));
-                query.add(new Pair("stdin", "true"));
-                query.add(new Pair("stdout", "true"));
-                query.add(new Pair("stderr", "true"));
-                protocols = "v5.channel.k8s.io, v4.channel.k8s.io";
+                return Tunnel.this.request(query, "v4.channel.k8s.io");
             }
-            Map<String, String> headers = new HashMap<>(Map.of("Sec-WebSocket-Protocol", protocols));
-            return kube.client.buildRequest(null, path, "GET", query, new ArrayList<>(), null,
-                    headers, new HashMap<>(), new HashMap<>(), new String[] {"BearerToken"}, null);
+            query.add(new Pair("container", container));
+            for (String word : List.of("nc", "127.0.0.1", Integer.toString(remotePort))) query.add(new Pair("command", word));
+            query.add(new Pair("stdin", "true"));
+            query.add(new Pair("stdout", "true"));
+            query.add(new Pair("stderr", "true"));
+            return Tunnel.this.request(query, "v5.channel.k8s.io, v4.channel.k8s.io");
         }
 
         @Override
@@ -698,36 +699,19 @@ final class Tunnel implements Closeable {
         }
 
         private String remoteError() {
-            String text = remoteErrors.toString().strip();
-            if (text.isEmpty()) return null;
-            if (text.contains("connection refused") || text.contains("Connection refused")) {
-                return "nothing listens on 127.0.0.1:" + remotePort + " in pod " + pod + " (is Delve running with --listen=127.0.0.1:"
-                        + remotePort + "?): " + Cli.firstLine(text);
-            }
-            if (text.contains("executable file not found") || text.contains("nc: not found")) {
-                return "the debugger container '" + container + "' has no nc, which --mode exec needs; use --mode port-forward (" + Cli.firstLine(text) + ")";
-            }
-            return Cli.firstLine(text);
-        }
-
-        private String upgradeFailure(Throwable t, Response response) {
-            if (response == null) {
-                return "cannot reach the API server (" + Cli.firstLine(String.valueOf(t.getMessage())) + "); the listener stays up, the next connection tries again";
-            }
-            String body = "";
-            try {
-                if (response.body() != null) body = response.body().string();
-            } catch (IOException | IllegalStateException ignored) {
-                // the body was already consumed or closed
-            }
-            String message = body.isBlank() ? "HTTP " + response.code()
-                    : Kube.statusMessage(new ApiException(response.code(), Map.of(), body)).orElse("HTTP " + response.code());
-            if (response.code() == 403) return forbidden(kube, pod, mode) + " (" + message + ")";
-            return "the API server refused the " + mode + " stream: " + message;
+            return explain(remoteErrors.toString());
         }
 
         /** Closes the client and the stream once; logs {@code why} when it is worth telling. */
-        void close(String why) {
+        @Override
+        public void start() {
+            pump = new Thread(this::run, name + "-conn-" + id);
+            pump.setDaemon(true);
+            pump.start();
+        }
+
+        @Override
+        public void close(String why) {
             if (!done.compareAndSet(false, true)) return;
             opened.countDown();
             WebSocket ws = webSocket;
@@ -737,6 +721,523 @@ final class Tunnel implements Closeable {
             if (why != null && !closed.get()) log.accept("connection " + id + ": " + why);
             else if (verbose) log.accept("connection " + id + " closed (" + sent.get() + " bytes sent, " + received.get() + " received)");
         }
+    }
+
+    // ---- port-forward: SPDY streams tunnelled over one WebSocket ---------------------------------------------------
+
+    /** A local client and what carries its bytes to the pod. */
+    private interface Client {
+        void start();
+
+        /** Closes the client and its streams once; logs {@code why} when it is worth telling. */
+        void close(String why);
+    }
+
+    private static final String SPDY_TUNNEL_PROTOCOL = "SPDY/3.1+portforward.k8s.io";
+    /** Bytes queued for one slow client before it is cut off (a stalled reader must not stall the others). */
+    private static final long MAX_CLIENT_BACKLOG = 16 << 20;
+    private static final byte[] END = new byte[0];
+    /** The SPDY/3 header compression dictionary (draft-mbelshe-httpbis-spdy-00, section 2.6.10.1). */
+    private static final byte[] SPDY_DICTIONARY = java.util.Base64.getDecoder().decode(
+            "AAAAB29wdGlvbnMAAAAEaGVhZAAAAARwb3N0AAAAA3B1dAAAAAZkZWxldGUAAAAFdHJhY2UAAAAGYWNjZXB0AAAADmFjY2VwdC1j" +
+            "aGFyc2V0AAAAD2FjY2VwdC1lbmNvZGluZwAAAA9hY2NlcHQtbGFuZ3VhZ2UAAAANYWNjZXB0LXJhbmdlcwAAAANhZ2UAAAAFYWxs" +
+            "b3cAAAANYXV0aG9yaXphdGlvbgAAAA1jYWNoZS1jb250cm9sAAAACmNvbm5lY3Rpb24AAAAMY29udGVudC1iYXNlAAAAEGNvbnRl" +
+            "bnQtZW5jb2RpbmcAAAAQY29udGVudC1sYW5ndWFnZQAAAA5jb250ZW50LWxlbmd0aAAAABBjb250ZW50LWxvY2F0aW9uAAAAC2Nv" +
+            "bnRlbnQtbWQ1AAAADWNvbnRlbnQtcmFuZ2UAAAAMY29udGVudC10eXBlAAAABGRhdGUAAAAEZXRhZwAAAAZleHBlY3QAAAAHZXhw" +
+            "aXJlcwAAAARmcm9tAAAABGhvc3QAAAAIaWYtbWF0Y2gAAAARaWYtbW9kaWZpZWQtc2luY2UAAAANaWYtbm9uZS1tYXRjaAAAAAhp" +
+            "Zi1yYW5nZQAAABNpZi11bm1vZGlmaWVkLXNpbmNlAAAADWxhc3QtbW9kaWZpZWQAAAAIbG9jYXRpb24AAAAMbWF4LWZvcndhcmRz" +
+            "AAAABnByYWdtYQAAABJwcm94eS1hdXRoZW50aWNhdGUAAAATcHJveHktYXV0aG9yaXphdGlvbgAAAAVyYW5nZQAAAAdyZWZlcmVy" +
+            "AAAAC3JldHJ5LWFmdGVyAAAABnNlcnZlcgAAAAJ0ZQAAAAd0cmFpbGVyAAAAEXRyYW5zZmVyLWVuY29kaW5nAAAAB3VwZ3JhZGUA" +
+            "AAAKdXNlci1hZ2VudAAAAAR2YXJ5AAAAA3ZpYQAAAAd3YXJuaW5nAAAAEHd3dy1hdXRoZW50aWNhdGUAAAAGbWV0aG9kAAAAA2dl" +
+            "dAAAAAZzdGF0dXMAAAAGMjAwIE9LAAAAB3ZlcnNpb24AAAAISFRUUC8xLjEAAAADdXJsAAAABnB1YmxpYwAAAApzZXQtY29va2ll" +
+            "AAAACmtlZXAtYWxpdmUAAAAGb3JpZ2luMTAwMTAxMjAxMjAyMjA1MjA2MzAwMzAyMzAzMzA0MzA1MzA2MzA3NDAyNDA1NDA2NDA3" +
+            "NDA4NDA5NDEwNDExNDEyNDEzNDE0NDE1NDE2NDE3NTAyNTA0NTA1MjAzIE5vbi1BdXRob3JpdGF0aXZlIEluZm9ybWF0aW9uMjA0" +
+            "IE5vIENvbnRlbnQzMDEgTW92ZWQgUGVybWFuZW50bHk0MDAgQmFkIFJlcXVlc3Q0MDEgVW5hdXRob3JpemVkNDAzIEZvcmJpZGRl" +
+            "bjQwNCBOb3QgRm91bmQ1MDAgSW50ZXJuYWwgU2VydmVyIEVycm9yNTAxIE5vdCBJbXBsZW1lbnRlZDUwMyBTZXJ2aWNlIFVuYXZh" +
+            "aWxhYmxlSmFuIEZlYiBNYXIgQXByIE1heSBKdW4gSnVsIEF1ZyBTZXB0IE9jdCBOb3YgRGVjIDAwOjAwOjAwIE1vbiwgVHVlLCBX" +
+            "ZWQsIFRodSwgRnJpLCBTYXQsIFN1biwgR01UY2h1bmtlZCx0ZXh0L2h0bWwsaW1hZ2UvcG5nLGltYWdlL2pwZyxpbWFnZS9naWYs" +
+            "YXBwbGljYXRpb24veG1sLGFwcGxpY2F0aW9uL3hodG1sK3htbCx0ZXh0L3BsYWluLHRleHQvamF2YXNjcmlwdCxwdWJsaWNwcml2" +
+            "YXRlbWF4LWFnZT1nemlwLGRlZmxhdGUsc2RjaGNoYXJzZXQ9dXRmLThjaGFyc2V0PWlzby04ODU5LTEsdXRmLSwqLGVucT0wLg==");
+    /** False once the API server turned the tunnelled protocol down: then one v4 WebSocket per connection. */
+    private volatile boolean spdySupported = true;
+    private volatile SpdySession spdy;
+    private final Object spdyLock = new Object();
+
+    /**
+     * Opens the shared SPDY session when none is open. Like kubectl port-forward (1.31+), the SPDY/3.1 port-forward
+     * protocol rides in binary WebSocket messages (subprotocol SPDY/3.1+portforward.k8s.io); a new client costs two
+     * new streams on it, not a new TLS connection and upgrade through the API server, the kubelet and the runtime.
+     */
+    private SpdySession spdySession() {
+        synchronized (spdyLock) {
+            SpdySession current = spdy;
+            if (current != null && !current.dead) return current;
+            if (closed.get()) throw new IllegalStateException("the tunnel is closed");
+            SpdySession next = new SpdySession();
+            next.connect();
+            spdy = next;
+            return next;
+        }
+    }
+
+    /** Probes the tunnelled protocol at open: a 403 is final; any other refusal falls back to v4 per connection. */
+    private void openSpdy() {
+        try {
+            spdySession();
+        } catch (SpdyUnsupported e) {
+            spdySupported = false;
+            if (verbose) log.accept("the API server does not tunnel SPDY over WebSocket (" + e.getMessage() + "): one WebSocket per connection");
+        } catch (ExitException e) {
+            if (e.status == ExitCode.FORBIDDEN) throw e;
+            spdySupported = false;
+            if (verbose) log.accept(e.getMessage() + ": one WebSocket per connection");
+        }
+    }
+
+    private static final class SpdyUnsupported extends RuntimeException {
+        SpdyUnsupported(String message) {
+            super(message);
+        }
+    }
+
+    /** One WebSocket to pods/portforward carrying a SPDY/3.1 client session; streams for every client. */
+    private final class SpdySession extends WebSocketListener {
+        private final CountDownLatch opened = new CountDownLatch(1);
+        private final Map<Integer, SpdyClient> streams = new ConcurrentHashMap<>();
+        private final java.util.zip.Deflater deflater = new java.util.zip.Deflater(java.util.zip.Deflater.BEST_COMPRESSION);
+        private final java.util.zip.Inflater inflater = new java.util.zip.Inflater();
+        private final Object sendLock = new Object();
+        private byte[] input = new byte[64 * 1024];
+        private int inputLength;
+        private int nextStreamId = 1;
+        private int nextRequestId;
+        private volatile WebSocket webSocket;
+        private volatile String failure;
+        private volatile int failureCode;
+        private volatile String protocol;
+        volatile boolean dead;
+
+        SpdySession() {
+            deflater.setDictionary(SPDY_DICTIONARY);
+        }
+
+        void connect() {
+            try {
+                webSocket = http.newWebSocket(request(List.of(), SPDY_TUNNEL_PROTOCOL), this);
+                if (!opened.await(30, TimeUnit.SECONDS)) {
+                    webSocket.cancel();
+                    throw new ExitException(ExitCode.TIMEOUT, "no answer from the API server within 30 s to pods/portforward");
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new ExitException(ExitCode.FAILURE, "interrupted");
+            } catch (ApiException e) {
+                throw Kube.failure("cannot open pods/portforward", e);
+            }
+            if (failure != null) {
+                dead = true;
+                if (failureCode == 403) throw new ExitException(ExitCode.FORBIDDEN, failure);
+                if (failureCode >= 400) throw new SpdyUnsupported(failure);
+                throw new ExitException(ExitCode.UNREACHABLE, failure);
+            }
+            if (!SPDY_TUNNEL_PROTOCOL.equals(protocol)) {
+                dead = true;
+                webSocket.cancel();
+                throw new SpdyUnsupported("it answered with subprotocol '" + protocol + "'");
+            }
+        }
+
+        /** Registers a client and opens its error and data streams, as kubectl port-forward does. */
+        int[] openStreams(SpdyClient client) throws IOException {
+            synchronized (sendLock) {
+                if (dead) throw new IOException("the API connection closed");
+                int requestId = nextRequestId++;
+                int errorStream = nextStreamId;
+                int dataStream = nextStreamId + 2;
+                nextStreamId += 4;
+                streams.put(errorStream, client);
+                streams.put(dataStream, client);
+                String port = Integer.toString(remotePort);
+                String request = Integer.toString(requestId);
+                send(synStream(errorStream, "error", port, request));
+                send(dataFrame(errorStream, 0x01, null, 0, 0)); // we never write to the error stream: half-close it at once
+                send(synStream(dataStream, "data", port, request));
+                return new int[] {dataStream, errorStream};
+            }
+        }
+
+        void forget(int... streamIds) {
+            for (int id : streamIds) streams.remove(id);
+        }
+
+        void send(byte[] frame) throws IOException {
+            WebSocket ws = webSocket;
+            while (ws.queueSize() > MAX_QUEUED && !dead) LockSupport.parkNanos(200_000);
+            if (dead || !ws.send(ByteString.of(frame))) throw new IOException("the API connection closed");
+        }
+
+        private byte[] synStream(int streamId, String type, String port, String requestId) {
+            java.io.ByteArrayOutputStream block = new java.io.ByteArrayOutputStream();
+            java.io.DataOutputStream out = new java.io.DataOutputStream(block);
+            try {
+                out.writeInt(3);
+                for (String[] header : new String[][] {{"streamtype", type}, {"port", port}, {"requestid", requestId}}) {
+                    for (String part : header) {
+                        byte[] bytes = part.getBytes(StandardCharsets.UTF_8);
+                        out.writeInt(bytes.length);
+                        out.write(bytes);
+                    }
+                }
+            } catch (IOException impossible) {
+                throw new IllegalStateException(impossible);
+            }
+            byte[] compressed = compress(block.toByteArray());
+            java.nio.ByteBuffer frame = java.nio.ByteBuffer.allocate(18 + compressed.length);
+            frame.putShort((short) 0x8003).putShort((short) 1).putInt(10 + compressed.length); // control, version 3, SYN_STREAM, no flags
+            frame.putInt(streamId).putInt(0).putShort((short) 0).put(compressed);
+            return frame.array();
+        }
+
+        /** Header blocks share one zlib stream per direction, flushed after each block (SPDY/3). Under sendLock. */
+        private byte[] compress(byte[] block) {
+            deflater.setInput(block);
+            java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
+            byte[] buffer = new byte[1024];
+            int n;
+            do {
+                n = deflater.deflate(buffer, 0, buffer.length, java.util.zip.Deflater.SYNC_FLUSH);
+                out.write(buffer, 0, n);
+            } while (n == buffer.length || !deflater.needsInput());
+            return out.toByteArray();
+        }
+
+        /** Keeps the inflater in step with the server's header blocks; their content does not matter here. */
+        private void skipHeaderBlock(byte[] bytes, int offset, int length) {
+            inflater.setInput(bytes, offset, length);
+            byte[] sink = new byte[1024];
+            try {
+                while (true) {
+                    int n = inflater.inflate(sink);
+                    if (n == 0) {
+                        if (inflater.needsDictionary()) inflater.setDictionary(SPDY_DICTIONARY);
+                        else if (inflater.needsInput() || inflater.finished()) return;
+                    }
+                }
+            } catch (java.util.zip.DataFormatException e) {
+                fail("the server sent a header block that does not decompress: " + e.getMessage());
+            }
+        }
+
+        void close() {
+            dead = true;
+            WebSocket ws = webSocket;
+            if (ws != null && !ws.close(1000, null)) ws.cancel();
+        }
+
+        @Override
+        public void onOpen(WebSocket webSocket, Response response) {
+            protocol = response.header("Sec-WebSocket-Protocol", "");
+            opened.countDown();
+        }
+
+        @Override
+        public void onMessage(WebSocket webSocket, ByteString bytes) {
+            int size = bytes.size();
+            if (inputLength + size > input.length) input = java.util.Arrays.copyOf(input, Math.max(input.length * 2, inputLength + size));
+            bytes.copyInto(0, input, inputLength, size);
+            inputLength += size;
+            int offset = 0;
+            while (inputLength - offset >= 8) {
+                int length = ((input[offset + 5] & 0xff) << 16) | ((input[offset + 6] & 0xff) << 8) | (input[offset + 7] & 0xff);
+                if (inputLength - offset < 8 + length) break;
+                frame(input, offset, length);
+                offset += 8 + length;
+            }
+            System.arraycopy(input, offset, input, 0, inputLength - offset);
+            inputLength -= offset;
+        }
+
+        private void frame(byte[] b, int at, int length) {
+            int flags = b[at + 4] & 0xff;
+            boolean control = (b[at] & 0x80) != 0;
+            if (!control) {
+                int streamId = int32(b, at) & 0x7fffffff;
+                SpdyClient client = streams.get(streamId);
+                if (client != null) client.fromPod(streamId, b, at + 8, length, (flags & 0x01) != 0);
+                return;
+            }
+            int type = ((b[at + 2] & 0xff) << 8) | (b[at + 3] & 0xff);
+            switch (type) {
+                case 1 -> skipHeaderBlock(b, at + 18, length - 10); // SYN_STREAM from the server: not used by port-forward
+                case 2 -> { // SYN_REPLY
+                    int streamId = int32(b, at + 8) & 0x7fffffff;
+                    skipHeaderBlock(b, at + 12, length - 4);
+                    SpdyClient client = streams.get(streamId);
+                    if (client != null) client.replied(streamId, (flags & 0x01) != 0);
+                }
+                case 3 -> { // RST_STREAM
+                    int streamId = int32(b, at + 8) & 0x7fffffff;
+                    SpdyClient client = streams.get(streamId);
+                    if (client != null) client.reset(streamId, int32(b, at + 12));
+                }
+                case 6 -> { // PING: answer with the same id
+                    try {
+                        send(java.util.Arrays.copyOfRange(b, at, at + 8 + length));
+                    } catch (IOException e) {
+                        // the session is going away; its failure callback tells
+                    }
+                }
+                case 7 -> dead = true; // GOAWAY: no new streams here; the next client opens a new session
+                case 8 -> skipHeaderBlock(b, at + 12, length - 4); // HEADERS
+                default -> { } // SETTINGS, WINDOW_UPDATE (spdystream has no flow control), NOOP
+            }
+        }
+
+        private int int32(byte[] b, int at) {
+            return ((b[at] & 0xff) << 24) | ((b[at + 1] & 0xff) << 16) | ((b[at + 2] & 0xff) << 8) | (b[at + 3] & 0xff);
+        }
+
+        @Override
+        public void onClosing(WebSocket webSocket, int code, String reason) {
+            webSocket.close(1000, null);
+            fail("the API server closed the port-forward connection" + (reason == null || reason.isBlank() ? "" : " (" + reason + ")"));
+        }
+
+        @Override
+        public void onClosed(WebSocket webSocket, int code, String reason) {
+            fail("the port-forward connection closed");
+        }
+
+        @Override
+        public void onFailure(WebSocket webSocket, Throwable t, Response response) {
+            if (opened.getCount() > 0) {
+                failureCode = response != null ? response.code() : 0;
+                failure = upgradeFailure(t, response);
+                opened.countDown();
+                return;
+            }
+            fail("lost the port-forward connection to the API server (" + Cli.firstLine(String.valueOf(t.getMessage()))
+                    + "); the listener stays up, the next connection opens a new one");
+        }
+
+        /** The session is gone: every client on it ends with {@code why}. */
+        private void fail(String why) {
+            dead = true;
+            for (SpdyClient client : List.copyOf(streams.values())) client.close(closed.get() ? null : why);
+            streams.clear();
+            webSocket.cancel();
+        }
+    }
+
+    private static byte[] dataFrame(int streamId, int flags, byte[] data, int offset, int length) {
+        byte[] frame = new byte[8 + length];
+        frame[0] = (byte) (streamId >>> 24 & 0x7f);
+        frame[1] = (byte) (streamId >>> 16);
+        frame[2] = (byte) (streamId >>> 8);
+        frame[3] = (byte) streamId;
+        frame[4] = (byte) flags;
+        frame[5] = (byte) (length >>> 16);
+        frame[6] = (byte) (length >>> 8);
+        frame[7] = (byte) length;
+        if (length > 0) System.arraycopy(data, offset, frame, 8, length);
+        return frame;
+    }
+
+    private static byte[] rstStream(int streamId) {
+        java.nio.ByteBuffer frame = java.nio.ByteBuffer.allocate(16);
+        frame.putShort((short) 0x8003).putShort((short) 3).putInt(8).putInt(streamId).putInt(5); // RST_STREAM, CANCEL
+        return frame.array();
+    }
+
+    /** One local client on the shared SPDY session: a data stream and an error stream. */
+    private final class SpdyClient implements Client {
+        private final int id;
+        private final Socket socket;
+        private final CountDownLatch replied = new CountDownLatch(1);
+        private final AtomicBoolean done = new AtomicBoolean();
+        private final AtomicLong sent = new AtomicLong();
+        private final AtomicLong received = new AtomicLong();
+        private final AtomicLong backlog = new AtomicLong();
+        private final java.util.concurrent.LinkedBlockingQueue<byte[]> toClient = new java.util.concurrent.LinkedBlockingQueue<>();
+        private final StringBuffer errors = new StringBuffer();
+        private volatile SpdySession session;
+        private volatile int dataStream;
+        private volatile int errorStream;
+        private volatile boolean localFinished;
+        private volatile boolean remoteFinished;
+        private Thread pump;
+        private Thread writer;
+
+        SpdyClient(int id, Socket socket) {
+            this.id = id;
+            this.socket = socket;
+        }
+
+        @Override
+        public void start() {
+            pump = new Thread(this::run, name + "-conn-" + id);
+            pump.setDaemon(true);
+            pump.start();
+        }
+
+        private void run() {
+            try {
+                long started = System.nanoTime();
+                SpdySession current;
+                try {
+                    current = spdySession();
+                } catch (ExitException | SpdyUnsupported e) {
+                    close(e.getMessage());
+                    return;
+                }
+                session = current;
+                int[] ids = current.openStreams(this);
+                dataStream = ids[0];
+                errorStream = ids[1];
+                if (done.get()) { // the session failed while the streams opened
+                    current.forget(ids);
+                    return;
+                }
+                writer = new Thread(this::write, name + "-conn-" + id + "-out");
+                writer.setDaemon(true);
+                writer.start();
+                // spdystream drops data that arrives before it has replied to the stream
+                if (!replied.await(30, TimeUnit.SECONDS)) {
+                    close("the pod side did not accept the stream within 30 s");
+                    return;
+                }
+                if (verbose) {
+                    log.accept("connection " + id + " from " + socket.getRemoteSocketAddress() + " opened in "
+                            + TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms (port-forward, SPDY stream " + dataStream + ")");
+                }
+                InputStream fromClient = socket.getInputStream();
+                byte[] buffer = new byte[CHUNK];
+                while (!done.get()) {
+                    int n = fromClient.read(buffer);
+                    if (n < 0) {
+                        localFinished = true;
+                        current.send(dataFrame(dataStream, 0x01, null, 0, 0)); // half-close, as kubectl does
+                        if (remoteFinished) close(null);
+                        return;
+                    }
+                    current.send(dataFrame(dataStream, 0, buffer, 0, n));
+                    sent.addAndGet(n);
+                }
+            } catch (InterruptedException e) {
+                close(null);
+            } catch (IOException e) {
+                if (verbose && !done.get()) log.accept("connection " + id + ": " + e.getMessage());
+                close(null);
+            }
+        }
+
+        /** Writes what the pod sent to the client, on its own thread, so that one slow client holds up no other. */
+        private void write() {
+            try {
+                OutputStream out = socket.getOutputStream();
+                while (true) {
+                    byte[] chunk = toClient.take();
+                    if (chunk == END) break;
+                    out.write(chunk);
+                    backlog.addAndGet(-chunk.length);
+                }
+                close(explain(errors.toString()));
+            } catch (InterruptedException e) {
+                // closed
+            } catch (IOException e) {
+                close(null); // the client went away
+            }
+        }
+
+        void replied(int streamId, boolean fin) {
+            if (streamId == dataStream) replied.countDown();
+            if (fin) fromPod(streamId, null, 0, 0, true);
+        }
+
+        /** A data frame from the pod side (the reader thread of the session: must not block). */
+        void fromPod(int streamId, byte[] bytes, int offset, int length, boolean fin) {
+            if (streamId == errorStream) {
+                if (length > 0) errors.append(new String(bytes, offset, length, StandardCharsets.UTF_8));
+                return;
+            }
+            if (length > 0) {
+                if (backlog.addAndGet(length) > MAX_CLIENT_BACKLOG) {
+                    close("the client reads too slowly (" + (MAX_CLIENT_BACKLOG >> 20) + " MiB waiting); closed it so the others go on");
+                    return;
+                }
+                toClient.add(java.util.Arrays.copyOfRange(bytes, offset, offset + length));
+                received.addAndGet(length);
+            }
+            if (fin) {
+                remoteFinished = true;
+                toClient.add(END);
+            }
+        }
+
+        void reset(int streamId, int status) {
+            if (streamId == dataStream) toClient.add(END);
+        }
+
+        @Override
+        public void close(String why) {
+            if (!done.compareAndSet(false, true)) return;
+            replied.countDown();
+            SpdySession current = session;
+            if (current != null && dataStream != 0) {
+                current.forget(dataStream, errorStream);
+                if (!current.dead && !(localFinished && remoteFinished)) {
+                    try {
+                        current.send(rstStream(dataStream));
+                    } catch (IOException ignored) {
+                        // the session is gone: so are its streams
+                    }
+                }
+            }
+            closeQuietly(socket);
+            if (writer != null && writer != Thread.currentThread()) writer.interrupt();
+            connections.remove(this);
+            if (why != null && !closed.get()) log.accept("connection " + id + ": " + why);
+            else if (verbose) log.accept("connection " + id + " closed (" + sent.get() + " bytes sent, " + received.get() + " received)");
+        }
+    }
+
+    /** The upgrade request for a stream of this tunnel's pod. */
+    private Request request(List<Pair> query, String protocols) throws ApiException {
+        String path = "/api/v1/namespaces/" + kube.client.escapeString(kube.namespace) + "/pods/" + kube.client.escapeString(pod) + "/" + mode.subresource;
+        Map<String, String> headers = new HashMap<>(Map.of("Sec-WebSocket-Protocol", protocols));
+        return kube.client.buildRequest(null, path, "GET", new ArrayList<>(query), new ArrayList<>(), null,
+                headers, new HashMap<>(), new HashMap<>(), new String[] {"BearerToken"}, null);
+    }
+
+    /** One line for the error text the pod side sent (port-forward error stream, nc's stderr and exit status). */
+    private String explain(String errors) {
+        String text = errors.strip();
+        if (text.isEmpty()) return null;
+        if (text.contains("connection refused") || text.contains("Connection refused")) {
+            return "nothing listens on 127.0.0.1:" + remotePort + " in pod " + pod + " (is Delve running with --listen=127.0.0.1:"
+                    + remotePort + "?): " + Cli.firstLine(text);
+        }
+        if (text.contains("executable file not found") || text.contains("nc: not found")) {
+            return "the debugger container '" + container + "' has no nc, which --mode exec needs; use --mode port-forward (" + Cli.firstLine(text) + ")";
+        }
+        return Cli.firstLine(text);
+    }
+
+    /** One line for a failed WebSocket upgrade. */
+    private String upgradeFailure(Throwable t, Response response) {
+        if (response == null) {
+            return "cannot reach the API server (" + Cli.firstLine(String.valueOf(t.getMessage())) + "); the listener stays up, the next connection tries again";
+        }
+        String body = "";
+        try {
+            if (response.body() != null) body = response.body().string();
+        } catch (IOException | IllegalStateException ignored) {
+            // the body was already consumed or closed
+        }
+        String message = body.isBlank() ? "HTTP " + response.code()
+                : Kube.statusMessage(new ApiException(response.code(), Map.of(), body)).orElse("HTTP " + response.code());
+        if (response.code() == 403) return forbidden(kube, pod, mode) + " (" + message + ")";
+        return "the API server refused the " + mode + " stream: " + message;
     }
 
     static void closeQuietly(Closeable closeable) {
