@@ -312,8 +312,9 @@ public final class ClusterExtension implements BeforeAllCallback, ParameterResol
         return onPath("kubectl").orElse(Path.of("kubectl"));
     }
 
+    /** A command on PATH, or in /usr/sbin or /sbin (root's tools, not always on a user's PATH). */
     private static Optional<Path> onPath(String name) {
-        for (String dir : System.getenv().getOrDefault("PATH", "").split(":")) {
+        for (String dir : (System.getenv().getOrDefault("PATH", "") + ":/usr/sbin:/sbin").split(":")) {
             if (dir.isEmpty()) continue;
             Path candidate = Path.of(dir, name);
             if (Files.isExecutable(candidate)) return Optional.of(candidate);
