@@ -905,11 +905,12 @@ class BuildImage implements Callable<Integer> {
         }
 
         int build(List<String> arches, String delve, String name) throws IOException, InterruptedException {
-            if (onPath(tool).isEmpty()) {
+            Path executable = onPath(tool).orElse(null);
+            if (executable == null) {
                 throw new ExitException(ExitCode.TOOL_MISSING, "--builder " + tool + ": no '" + tool + "' on PATH; install it, or use the default builder (jib), which needs no daemon");
             }
-            if (options.dlvBinary != null || options.ncBinary != null || !options.base.equals("scratch")) {
-                throw new ExitException(ExitCode.USAGE, "--dlv-binary, --nc-binary and --base go with the jib builder only; edit debug-image/Dockerfile instead");
+            if (options.dlvBinary != null || options.ncBinary != null || !options.add.isEmpty() || !options.base.equals("scratch")) {
+                throw new ExitException(ExitCode.USAGE, "--dlv-binary, --nc-binary, --add and --base go with the jib builder only; edit debug-image/Dockerfile instead");
             }
             Path context = DebugImageSources.extract(BuildImage.cache());
             String platforms = arches.stream().map(a -> "linux/" + a).collect(Collectors.joining(","));
@@ -920,37 +921,46 @@ class BuildImage implements Callable<Integer> {
                 default -> List.of("podman", "build");
             });
             build.addAll(List.of("--platform", platforms, "--build-arg", "DELVE_VERSION=" + delve, "-t", name));
+            // An archive is written next to its final path and moved there only when complete.
+            Path target = options.tar == null ? null : options.tar.toAbsolutePath();
+            Path temp = target == null ? null : target.resolveSibling("." + target.getFileName() + ".partial");
             if (tool.equals("docker")) {
-                build.add(options.push != null ? "--push" : "--output=type=docker,dest=" + options.tar.toAbsolutePath());
+                build.add(options.push != null ? "--push" : "--output=type=docker,dest=" + temp);
             } else if (arches.size() > 1) {
                 build.addAll(List.of("--manifest", name));
             }
             build.add(context.toString());
             steps.add(build);
-            if (!tool.equals("docker")) {
-                if (options.push != null) {
-                    steps.add(arches.size() > 1 ? List.of(tool, "manifest", "push", "--all", name, "docker://" + name)
-                            : new ArrayList<>(List.of(tool, "push", name)));
-                    if (options.insecure) steps.get(steps.size() - 1).add(2, "--tls-verify=false");
-                } else {
-                    Path target = options.tar.toAbsolutePath();
-                    Path temp = target.resolveSibling("." + target.getFileName() + ".partial");
-                    steps.add(tool.equals("podman") ? List.of("podman", "save", "--format", "docker-archive", "-o", temp.toString(), name)
-                            : List.of("buildah", "push", name, "docker-archive:" + temp + ":" + name));
-                }
+            if (!tool.equals("docker") && options.push != null) {
+                List<String> push = new ArrayList<>(arches.size() > 1 ? List.of(tool, "manifest", "push", "--all", name, "docker://" + name)
+                        : List.of(tool, "push", name));
+                if (options.insecure) push.add(push.indexOf("push") + 1, "--tls-verify=false");
+                steps.add(push);
+            } else if (!tool.equals("docker")) {
+                steps.add(tool.equals("podman") ? List.of("podman", "save", "--format", "docker-archive", "-o", temp.toString(), name)
+                        : List.of("buildah", "push", name, "docker-archive:" + temp + ":" + name));
             }
             PrintWriter err = options.spec.commandLine().getErr();
-            for (List<String> step : steps) {
-                err.println("build-image: + " + String.join(" ", step));
-                Process p = new ProcessBuilder(step).inheritIO().start();
-                if (p.waitFor() != 0) {
-                    throw new ExitException(ExitCode.FAILURE, String.join(" ", step.subList(0, Math.min(3, step.size()))) + " failed with exit "
-                            + p.exitValue() + " (its output is above); or use the default builder (jib), which needs no daemon");
+            try {
+                for (List<String> step : steps) {
+                    err.println("build-image: + " + String.join(" ", step));
+                    List<String> command = new ArrayList<>(step);
+                    command.set(0, executable.toString());
+                    Process p = new ProcessBuilder(command).redirectErrorStream(true).redirectInput(ProcessBuilder.Redirect.INHERIT).start();
+                    try (var lines = new java.io.BufferedReader(new java.io.InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8))) {
+                        for (String line; (line = lines.readLine()) != null; ) err.println("build-image: " + tool + ": " + line);
+                    }
+                    if (p.waitFor() != 0) {
+                        throw new ExitException(ExitCode.FAILURE, String.join(" ", step.subList(0, Math.min(3, step.size()))) + " failed with exit "
+                                + p.exitValue() + " (its output is above); or use the default builder (jib), which needs no daemon");
+                    }
                 }
-            }
-            if (options.tar != null && !tool.equals("docker")) {
-                Path target = options.tar.toAbsolutePath();
-                Files.move(target.resolveSibling("." + target.getFileName() + ".partial"), target, StandardCopyOption.REPLACE_EXISTING);
+                if (target != null) {
+                    if (!Files.isRegularFile(temp)) throw new ExitException(ExitCode.FAILURE, tool + " reported success but wrote no archive " + temp);
+                    Files.move(temp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+                }
+            } finally {
+                if (temp != null) Files.deleteIfExists(temp);
             }
             options.spec.commandLine().getOut().println(name);
             return ExitCode.OK;
@@ -959,7 +969,7 @@ class BuildImage implements Callable<Integer> {
 
     /** A program on PATH. */
     static Optional<Path> onPath(String name) {
-        String path = System.getenv("PATH");
+        String path = System.getProperty("kdlv.path", System.getenv("PATH")); // kdlv.path: a test hook
         if (path == null) return Optional.empty();
         for (String dir : path.split(":")) {
             if (dir.isEmpty()) continue;

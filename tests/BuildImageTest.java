@@ -138,6 +138,36 @@ class BuildImageTest {
         }
     }
 
+    /** --base tar:FILE puts the tools on top of a local image archive (here one with busybox), offline. */
+    @Test
+    void buildsOnALocalBaseArchive() throws Exception {
+        Path busybox = Path.of("/bin/busybox");
+        org.junit.jupiter.api.Assumptions.assumeTrue(Files.isExecutable(busybox), "no /bin/busybox (Debian busybox-static)");
+        Path base = dir.resolve("base.tar");
+        com.google.cloud.tools.jib.api.Jib.fromScratch()
+                .addFileEntriesLayer(com.google.cloud.tools.jib.api.buildplan.FileEntriesLayer.builder()
+                        .addEntry(busybox, com.google.cloud.tools.jib.api.buildplan.AbsoluteUnixPath.get("/bin/busybox")).build())
+                .setEnvironment(java.util.Map.of("BASE", "busybox"))
+                .containerize(com.google.cloud.tools.jib.api.Containerizer.to(
+                        com.google.cloud.tools.jib.api.TarImage.at(base).named("kdlv.test/busybox:base")));
+        Path dlv = fakeElf("dlv", 62);
+        Path out = dir.resolve("on-busybox.tar");
+        TestTools.Result result = TestTools.run(new BuildImage(), "--base", "tar:" + base, "--dlv-binary", dlv.toString(),
+                "--nc-binary", dlv.toString(), "--tar", out.toString());
+        assertEquals(0, result.status(), result::toString);
+        String manifest = entry(out, "manifest.json");
+        assertEquals(2, manifest.split("\\.tar\\.gz").length - 1, "base layer + tools layer: " + manifest);
+        String config = entry(out, "config.json");
+        assertTrue(config.contains("\"Cmd\":[\"dlv\",\"version\"]") && config.contains("PATH=/usr/local/sbin:/usr/local/bin"), config);
+    }
+
+    static String entry(Path tar, String name) throws IOException, InterruptedException {
+        Process p = new ProcessBuilder("tar", "-xOf", tar.toString(), name).start();
+        String text = new String(p.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8);
+        assertEquals(0, p.waitFor(), "tar -xOf " + tar + " " + name);
+        return text;
+    }
+
     /** A build that fails half-way leaves neither the archive nor a partial file. */
     @Test
     void aFailedBuildLeavesNoArchive() throws IOException {
@@ -154,9 +184,43 @@ class BuildImageTest {
     }
 
     @Test
-    void aMissingBuilderToolIsNamed() {
-        TestTools.Result result = TestTools.run(new BuildImage(), "--builder", "buildah-that-is-not-here", "--tar", dir.resolve("x.tar").toString());
-        assertEquals(ExitCode.USAGE, result.status(), result::toString);
+    void anUnknownOrMissingBuilder() {
+        fails(ExitCode.USAGE, "--builder", "kaniko", "--tar", dir.resolve("x.tar").toString());
+        System.setProperty("kdlv.path", dir.toString());
+        try {
+            TestTools.Result result = fails(ExitCode.TOOL_MISSING, "--builder", "podman", "--tar", dir.resolve("x.tar").toString());
+            assertTrue(result.err().contains("no 'podman' on PATH"), result::toString);
+        } finally {
+            System.clearProperty("kdlv.path");
+        }
+    }
+
+    /** --builder podman runs the article's way with debug-image/Dockerfile (a stand-in podman records the calls). */
+    @Test
+    void podmanBuildsTheDockerfileAndSavesAnArchive() throws Exception {
+        Path bin = Files.createDirectories(dir.resolve("bin"));
+        Path log = dir.resolve("podman.log");
+        Path podman = Files.writeString(bin.resolve("podman"), String.join("\n",
+                "#!/bin/sh",
+                "echo \"$*\" >> '" + log + "'",
+                "prev=; for a in \"$@\"; do [ \"$prev\" = -o ] && echo archive > \"$a\"; prev=$a; done",
+                "exit 0", ""));
+        podman.toFile().setExecutable(true);
+        System.setProperty("kdlv.path", bin.toString());
+        try {
+            Path tar = dir.resolve("podman.tar");
+            TestTools.Result result = TestTools.run(new BuildImage(), "--builder", "podman", "--arch", "arm64", "--go-version", "1.24", "--tar", tar.toString());
+            assertEquals(0, result.status(), result::toString);
+            String calls = Files.readString(log);
+            assertTrue(calls.contains("build --platform linux/arm64 --build-arg DELVE_VERSION=v1.26.3 -t kdlv/debugger:v1.26.3 "), calls);
+            assertTrue(calls.contains("save --format docker-archive -o " + dir.resolve(".podman.tar.partial") + " kdlv/debugger:v1.26.3"), calls);
+            String context = calls.lines().findFirst().orElseThrow().replaceFirst(".* ", "");
+            assertTrue(Files.isRegularFile(Path.of(context, "Dockerfile")) && Files.isRegularFile(Path.of(context, "nc/main.go")), context);
+            assertEquals("archive\n", Files.readString(tar));
+            assertFalse(Files.exists(dir.resolve(".podman.tar.partial")));
+        } finally {
+            System.clearProperty("kdlv.path");
+        }
     }
 
     /** A minimal little-endian ELF header with the given e_machine (62 x86-64, 183 aarch64). */
