@@ -136,7 +136,8 @@ final class Tunnel implements Closeable {
         Dispatcher dispatcher = new Dispatcher(streams);
         dispatcher.setMaxRequests(Integer.MAX_VALUE);
         dispatcher.setMaxRequestsPerHost(Integer.MAX_VALUE);
-        this.http = kube.client.getHttpClient().newBuilder().dispatcher(dispatcher).build();
+        // TCP_NODELAY: a stream's small frames (a SYN_STREAM, a Delve request) must not wait for the previous one's ACK
+        this.http = kube.client.getHttpClient().newBuilder().dispatcher(dispatcher).socketFactory(new NoDelaySocketFactory()).build();
     }
 
     /** Opens a tunnel that logs nothing; see {@link #open(Kube, String, String, int, InetSocketAddress, Mode, Consumer, boolean)}. */
@@ -855,13 +856,18 @@ final class Tunnel implements Closeable {
                 int errorStream = nextStreamId;
                 int dataStream = nextStreamId + 2;
                 nextStreamId += 4;
+                client.dataStream = dataStream; // before the first frame: the reply can come back at once
+                client.errorStream = errorStream;
                 streams.put(errorStream, client);
                 streams.put(dataStream, client);
                 String port = Integer.toString(remotePort);
                 String request = Integer.toString(requestId);
-                send(synStream(errorStream, "error", port, request));
-                send(dataFrame(errorStream, 0x01, null, 0, 0)); // we never write to the error stream: half-close it at once
-                send(synStream(dataStream, "data", port, request));
+                byte[] error = synStream(errorStream, "error", port, request);
+                byte[] finish = dataFrame(errorStream, 0x01, null, 0, 0); // we never write to the error stream: half-close it
+                byte[] data = synStream(dataStream, "data", port, request);
+                java.nio.ByteBuffer frames = java.nio.ByteBuffer.allocate(error.length + finish.length + data.length);
+                send(frames.put(error).put(finish).put(data).array()); // one WebSocket message, one TLS record
+
                 return new int[] {dataStream, errorStream};
             }
         }
@@ -1092,8 +1098,6 @@ final class Tunnel implements Closeable {
                 }
                 session = current;
                 int[] ids = current.openStreams(this);
-                dataStream = ids[0];
-                errorStream = ids[1];
                 if (done.get()) { // the session failed while the streams opened
                     current.forget(ids);
                     return;
@@ -1238,6 +1242,41 @@ final class Tunnel implements Closeable {
                 : Kube.statusMessage(new ApiException(response.code(), Map.of(), body)).orElse("HTTP " + response.code());
         if (response.code() == 403) return forbidden(kube, pod, mode) + " (" + message + ")";
         return "the API server refused the " + mode + " stream: " + message;
+    }
+
+    /** Plain sockets with Nagle's algorithm off (TLS is layered on top by OkHttp). */
+    private static final class NoDelaySocketFactory extends javax.net.SocketFactory {
+        private final javax.net.SocketFactory delegate = javax.net.SocketFactory.getDefault();
+
+        private static Socket noDelay(Socket socket) throws SocketException {
+            socket.setTcpNoDelay(true);
+            return socket;
+        }
+
+        @Override
+        public Socket createSocket() throws IOException {
+            return noDelay(delegate.createSocket());
+        }
+
+        @Override
+        public Socket createSocket(String host, int port) throws IOException {
+            return noDelay(delegate.createSocket(host, port));
+        }
+
+        @Override
+        public Socket createSocket(String host, int port, java.net.InetAddress localHost, int localPort) throws IOException {
+            return noDelay(delegate.createSocket(host, port, localHost, localPort));
+        }
+
+        @Override
+        public Socket createSocket(java.net.InetAddress host, int port) throws IOException {
+            return noDelay(delegate.createSocket(host, port));
+        }
+
+        @Override
+        public Socket createSocket(java.net.InetAddress address, int port, java.net.InetAddress localAddress, int localPort) throws IOException {
+            return noDelay(delegate.createSocket(address, port, localAddress, localPort));
+        }
     }
 
     static void closeQuietly(Closeable closeable) {
