@@ -56,7 +56,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.security.MessageDigest;
-import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HexFormat;
 import java.util.LinkedHashMap;
@@ -69,7 +68,6 @@ import java.util.Set;
 import java.util.concurrent.Callable;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
-import java.util.function.Consumer;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import java.util.stream.Collectors;
@@ -207,10 +205,10 @@ class BuildImage implements Callable<Integer> {
         }
         if (!builder.equals("jib")) return new ToolBuilder(builder, this).build(arches, delve, name);
 
+        for (Path extra : add) if (isElf(extra)) checkElf(extra, arches.get(0), "--add");
         if (push != null) checkRegistry(parseReference(name, "--push"));
         List<Binaries> binaries = new ArrayList<>();
         for (String a : arches) binaries.add(new Binaries(a, dlvFor(a, delve), ncFor(a)));
-        for (Path extra : add) if (isElf(extra)) checkElf(extra, arches.get(0), "--add");
         Result result = tar != null ? writeTar(binaries.get(0), delve, name) : push(binaries, delve, name);
         PrintWriter out = spec.commandLine().getOut();
         out.println(result.reference);
@@ -232,6 +230,9 @@ class BuildImage implements Callable<Integer> {
         }
         if (push != null) parseReference(push, "--push");
         if (image != null) parseReference(image, "--image");
+        if (image != null && push != null) {
+            throw new ExitException(ExitCode.USAGE, "--image names the image inside a --tar archive; with --push the name is the --push reference: drop --image");
+        }
         if (forPod != null && !arch.isEmpty()) {
             throw new ExitException(ExitCode.USAGE, "--for-pod and --arch both choose the architecture: pass only one of them");
         }
