@@ -123,7 +123,7 @@ class BuildImage implements Callable<Integer> {
     static final Map<String, Integer> ARCHES = Map.of("amd64", 62, "arm64", 183, "ppc64le", 21);
 
     @Option(names = "--arch", split = ",", paramLabel = "ARCH",
-            description = "Target CPU architecture(s): amd64, arm64, ppc64le; several (--arch amd64,arm64) give an image index with --push. Default: --for-pod's node, else amd64.")
+            description = "Target CPU architecture(s): amd64, arm64, ppc64le; several (--arch amd64,arm64) give a multi-platform image index. Default: --for-pod's node, else amd64.")
     List<String> arch = new ArrayList<>();
 
     @Option(names = "--for-pod", paramLabel = "POD", description = "Build for the CPU architecture of the node that runs POD (reads node.status.nodeInfo.architecture).")
@@ -153,7 +153,7 @@ class BuildImage implements Callable<Integer> {
     @Option(names = "--push", paramLabel = "REGISTRY/REPO:TAG", description = "Push the image to a registry, with the credentials of your docker config and credential helpers.")
     String push;
 
-    @Option(names = "--tar", paramLabel = "FILE", description = "Write an image archive (docker-archive) that docker load, podman load, kind load image-archive and ctr images import accept. One --arch only.")
+    @Option(names = "--tar", paramLabel = "FILE", description = "Write an image archive: for one --arch a docker-archive (docker load, podman load, kind load image-archive, ctr images import); for several an OCI archive with an image index (ctr images import --all-platforms, podman load, skopeo).")
     Path tar;
 
     @Option(names = "--image", paramLabel = "NAME:TAG", description = "The image name recorded in the --tar archive (default: " + DEFAULT_IMAGE + ":<delve version>).")
@@ -209,7 +209,7 @@ class BuildImage implements Callable<Integer> {
         if (push != null) checkRegistry(parseReference(name, "--push"));
         List<Binaries> binaries = new ArrayList<>();
         for (String a : arches) binaries.add(new Binaries(a, dlvFor(a, delve), ncFor(a)));
-        Result result = tar != null ? writeTar(binaries.get(0), delve, name) : push(binaries, delve, name);
+        Result result = tar != null ? writeTar(binaries, delve, name) : push(binaries, delve, name);
         PrintWriter out = spec.commandLine().getOut();
         out.println(result.reference);
         out.printf("platforms: %s%n", arches.stream().map(a -> "linux/" + a).collect(Collectors.joining(",")));
@@ -253,10 +253,6 @@ class BuildImage implements Callable<Integer> {
         for (String a : arch) wanted.add(normalizeArch(a));
         if (wanted.isEmpty()) wanted.add("amd64");
         List<String> arches = new ArrayList<>(new LinkedHashSet<>(wanted));
-        if (arches.size() > 1 && tar != null) {
-            throw new ExitException(ExitCode.USAGE, "--tar holds one architecture (docker load and ctr import take one image per archive):"
-                    + " pass one --arch and run once per architecture, or --push for a multi-platform image index");
-        }
         if (arches.size() > 1 && (dlvBinary != null || ncBinary != null || !add.isEmpty())) {
             throw new ExitException(ExitCode.USAGE, "--dlv-binary/--nc-binary/--add hold one architecture: pass one --arch");
         }
@@ -461,10 +457,10 @@ class BuildImage implements Callable<Integer> {
                 .addFileEntriesLayer(tools.build())
                 .setEnvironment(Map.of("PATH", PATH_ENV))
                 .setProgramArguments("dlv", "version")
-                .setLabels(Map.of(
+                .setLabels(new java.util.TreeMap<>(Map.of(
                         "org.opencontainers.image.title", "kdlv debugger",
                         "org.opencontainers.image.description", "Delve " + delve + " and nc for kubectl debug; run dlv attach explicitly",
-                        "io.kdlv.delve.version", delve));
+                        "io.kdlv.delve.version", delve)));
     }
 
     private JibContainerBuilder baseImage() {
@@ -486,28 +482,50 @@ class BuildImage implements Callable<Integer> {
 
     record Result(String reference, long uncompressed, long compressed, String where) {}
 
-    /** Writes the archive next to FILE and moves it into place only when complete. */
-    private Result writeTar(Binaries b, String delve, String name) throws Exception {
+    /**
+     * Writes the archive next to FILE and moves it into place only when complete: a docker-archive for one
+     * architecture, an OCI image layout with an image index for several.
+     */
+    private Result writeTar(List<Binaries> binaries, String delve, String name) throws Exception {
         Path target = tar.toAbsolutePath();
-        Path temp;
+        Path temp = partialFile(target);
+        List<Path> parts = new ArrayList<>();
         try {
-            temp = Files.createTempFile(target.getParent(), "." + target.getFileName(), ".partial",
-                    java.nio.file.attribute.PosixFilePermissions.asFileAttribute(java.nio.file.attribute.PosixFilePermissions.fromString("rw-r--r--")));
-        } catch (IOException e) {
-            throw notWritable(target, e);
-        }
-        try {
-            JibContainer built = containerize(container(b, delve), Containerizer.to(TarImage.at(temp).named(name)), "writing " + target);
+            String where;
+            if (binaries.size() == 1) {
+                JibContainer built = containerize(container(binaries.get(0), delve), Containerizer.to(TarImage.at(temp).named(name)), "writing " + target);
+                // A loader (docker load, ctr import) writes its own manifest, so the image id (the config's digest) is what stays.
+                where = target + ", image id " + built.getImageId();
+            } else {
+                Map<String, Path> perArch = new LinkedHashMap<>();
+                for (Binaries b : binaries) {
+                    Path part = partialFile(target);
+                    parts.add(part);
+                    containerize(container(b, delve).setFormat(ImageFormat.OCI), Containerizer.to(TarImage.at(part).named(name)),
+                            "writing linux/" + b.arch() + " of " + target);
+                    perArch.put(b.arch(), part);
+                }
+                where = target + ", OCI image index " + OciArchive.merge(perArch, parseReference(name, "--image"), temp);
+            }
             try {
                 Files.move(temp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
             } catch (IOException e) {
                 throw notWritable(target, e);
             }
-            // A loader (docker load, ctr import) writes its own manifest, so the image id (the config's digest) is what stays.
-            return new Result(parseReference(name, "--image").toString(), contentSize(b), Files.size(target),
-                    target + ", image id " + built.getImageId());
+            long uncompressed = binaries.stream().mapToLong(this::contentSize).sum();
+            return new Result(parseReference(name, "--image").toString(), uncompressed, Files.size(target), where);
         } finally {
             Files.deleteIfExists(temp);
+            for (Path part : parts) Files.deleteIfExists(part);
+        }
+    }
+
+    private static Path partialFile(Path target) {
+        try {
+            return Files.createTempFile(target.getParent(), "." + target.getFileName(), ".partial",
+                    java.nio.file.attribute.PosixFilePermissions.asFileAttribute(java.nio.file.attribute.PosixFilePermissions.fromString("rw-r--r--")));
+        } catch (IOException e) {
+            throw notWritable(target, e);
         }
     }
 
@@ -892,6 +910,92 @@ class BuildImage implements Callable<Integer> {
             }
             throw new ExitException(ExitCode.INTERNAL, "debug-image/" + file + " is neither bundled in the script nor found above "
                     + Path.of("").toAbsolutePath() + "; run build-image from the kdlv repository");
+        }
+    }
+
+    /**
+     * Several single-platform OCI archives (as Jib writes them) merged into one OCI image layout whose
+     * index.json names one image index with a manifest per platform, as `docker buildx --output type=oci`
+     * does: `ctr images import --all-platforms` and `skopeo` read it. Deterministic: sorted entries, fixed times.
+     */
+    static final class OciArchive {
+        static final String INDEX = "application/vnd.oci.image.index.v1+json";
+        static final java.util.Date TIME = new java.util.Date(1000);
+
+        private OciArchive() {}
+
+        /** Writes the merged archive to OUT; returns the digest of the image index. */
+        static String merge(Map<String, Path> perArch, ImageReference name, Path out) throws IOException {
+            var json = new com.fasterxml.jackson.databind.ObjectMapper();
+            java.util.TreeMap<String, byte[]> blobs = new java.util.TreeMap<>();
+            List<Map<String, Object>> manifests = new ArrayList<>();
+            for (Map.Entry<String, Path> part : perArch.entrySet()) {
+                byte[] index = null;
+                try (var in = new org.apache.commons.compress.archivers.tar.TarArchiveInputStream(Files.newInputStream(part.getValue()))) {
+                    for (var entry = in.getNextEntry(); entry != null; entry = in.getNextEntry()) {
+                        if (entry.getName().startsWith("blobs/")) blobs.put(entry.getName(), in.readAllBytes());
+                        if (entry.getName().equals("index.json")) index = in.readAllBytes();
+                    }
+                }
+                if (index == null) throw new IOException(part.getValue() + " has no index.json");
+                var descriptor = json.readTree(index).get("manifests").get(0);
+                Map<String, Object> manifest = new LinkedHashMap<>();
+                manifest.put("mediaType", descriptor.get("mediaType").asText());
+                manifest.put("digest", descriptor.get("digest").asText());
+                manifest.put("size", descriptor.get("size").asLong());
+                Map<String, String> platform = new LinkedHashMap<>(); // fixed key order: the index's digest must not vary
+                platform.put("architecture", part.getKey());
+                platform.put("os", "linux");
+                manifest.put("platform", platform);
+                manifests.add(manifest);
+            }
+            Map<String, Object> imageIndex = new LinkedHashMap<>();
+            imageIndex.put("schemaVersion", 2);
+            imageIndex.put("mediaType", INDEX);
+            imageIndex.put("manifests", manifests);
+            byte[] indexBytes = json.writeValueAsBytes(imageIndex);
+            String indexHash = sha256(indexBytes);
+            blobs.put("blobs/sha256/" + indexHash, indexBytes);
+
+            Map<String, Object> ref = new LinkedHashMap<>();
+            ref.put("mediaType", INDEX);
+            ref.put("digest", "sha256:" + indexHash);
+            ref.put("size", indexBytes.length);
+            Map<String, String> annotations = new LinkedHashMap<>();
+            annotations.put("io.containerd.image.name", name.getRegistry().equals("registry-1.docker.io")
+                    ? "docker.io/" + name.getRepository() + ":" + name.getQualifier() : name.toString());
+            annotations.put("org.opencontainers.image.ref.name", name.toString());
+            ref.put("annotations", annotations);
+            Map<String, Object> top = new LinkedHashMap<>();
+            top.put("schemaVersion", 2);
+            top.put("mediaType", INDEX);
+            top.put("manifests", List.of(ref));
+
+            try (var tarOut = new org.apache.commons.compress.archivers.tar.TarArchiveOutputStream(Files.newOutputStream(out))) {
+                tarOut.setLongFileMode(org.apache.commons.compress.archivers.tar.TarArchiveOutputStream.LONGFILE_POSIX);
+                write(tarOut, "oci-layout", "{\"imageLayoutVersion\":\"1.0.0\"}".getBytes(StandardCharsets.UTF_8));
+                write(tarOut, "index.json", json.writeValueAsBytes(top));
+                for (Map.Entry<String, byte[]> blob : blobs.entrySet()) write(tarOut, blob.getKey(), blob.getValue());
+            }
+            return "sha256:" + indexHash;
+        }
+
+        private static void write(org.apache.commons.compress.archivers.tar.TarArchiveOutputStream out, String name, byte[] bytes) throws IOException {
+            var entry = new org.apache.commons.compress.archivers.tar.TarArchiveEntry(name);
+            entry.setSize(bytes.length);
+            entry.setModTime(TIME);
+            entry.setMode(0644);
+            out.putArchiveEntry(entry);
+            out.write(bytes);
+            out.closeArchiveEntry();
+        }
+
+        private static String sha256(byte[] bytes) {
+            try {
+                return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(bytes));
+            } catch (java.security.NoSuchAlgorithmException e) {
+                throw new IllegalStateException(e);
+            }
         }
     }
 

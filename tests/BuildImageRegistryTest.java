@@ -150,6 +150,34 @@ class BuildImageRegistryTest {
         }
     }
 
+    /** Several architectures in one archive: an OCI image layout with an image index, reproducible. */
+    @Test
+    void aMultiPlatformArchive() throws Exception {
+        Path first = dir.resolve("multi-1.tar");
+        Path second = dir.resolve("multi-2.tar");
+        for (Path tar : List.of(first, second)) {
+            TestTools.Result result = TestTools.run(new BuildImage(), "--arch", "amd64,arm64", "--tar", tar.toString(), "--image", "kdlv.test/debugger:multi");
+            assertEquals(0, result.status(), result::toString);
+            assertTrue(result.out().contains("OCI image index sha256:"), result::toString);
+        }
+        assertTrue(java.util.Arrays.equals(Files.readAllBytes(first), Files.readAllBytes(second)), "same inputs, same archive");
+        String index = run("skopeo", "inspect", "--raw", "oci-archive:" + first);
+        assertTrue(index.contains("\"architecture\":\"amd64\"") && index.contains("\"architecture\":\"arm64\""), index);
+        assertTrue(run("skopeo", "inspect", "--override-arch", "arm64", "oci-archive:" + first).contains("\"Architecture\": \"arm64\""));
+
+        Optional<Path> socket = containerdSocket();
+        assumeTrue(socket.isPresent() && TestTools.onPath("ctr").isPresent(), "no containerd socket for ctr images import");
+        String namespace = "kdlv-build-image-test";
+        try {
+            run("ctr", "--address", socket.get().toString(), "-n", namespace, "images", "import", "--all-platforms", first.toString());
+            String listed = run("ctr", "--address", socket.get().toString(), "-n", namespace, "images", "ls");
+            assertTrue(listed.contains("docker.io/kdlv.test/debugger:multi") || listed.contains("kdlv.test/debugger:multi"), listed);
+            assertTrue(listed.contains("linux/amd64,linux/arm64"), listed);
+        } finally {
+            runQuietly("ctr", "--address", socket.get().toString(), "-n", namespace, "images", "rm", "kdlv.test/debugger:multi");
+        }
+    }
+
     static Optional<Path> containerdSocket() {
         for (Path candidate : List.of(TestTools.cacheDir().resolve("cluster/containerd/containerd.sock"), Path.of("/run/containerd/containerd.sock"))) {
             if (Files.exists(candidate)) return Optional.of(candidate);

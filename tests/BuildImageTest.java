@@ -56,12 +56,6 @@ class BuildImageTest {
     }
 
     @Test
-    void anArchiveHoldsOneArchitecture() {
-        TestTools.Result result = fails(ExitCode.USAGE, "--arch", "amd64,arm64", "--tar", dir.resolve("x.tar").toString());
-        assertTrue(result.err().contains("--push for a multi-platform image index"), result::toString);
-    }
-
-    @Test
     void goVersionPicksTheNewestDelveThatSupportsIt() {
         TestTools.Result result = TestTools.run(new BuildImage(), "--dry-run", "--go-version", "1.23", "--arch", "arm64");
         assertEquals(0, result.status(), result::toString);
