@@ -131,7 +131,7 @@ class BuildImage implements Callable<Integer> {
 
     @Mixin KubeOptions kube;
 
-    @Option(names = "--delve-version", paramLabel = "VERSION", description = "The Delve release to build, e.g. v1.27.2 (default: the newest that supports --go-version, else the newest: " + "v1.27.2).")
+    @Option(names = "--delve-version", paramLabel = "VERSION", description = "The Delve release to build, e.g. v1.27.2 (default: the newest that supports --go-version, else the newest: v1.27.2).")
     String delveVersion;
 
     @Option(names = "--go-version", paramLabel = "1.N", description = "The Go version the target was built with: picks the newest Delve that supports it, and refuses a --delve-version that does not.")
