@@ -1,7 +1,7 @@
 //JAVA 17+
 //DEPS info.picocli:picocli:4.7.7
 //DEPS io.kubernetes:client-java:27.0.0
-//DEPS com.fasterxml.jackson.dataformat:jackson-dataformat-yaml:2.20.1
+//DEPS com.fasterxml.jackson.dataformat:jackson-dataformat-yaml:2.22.0
 //DEPS org.slf4j:slf4j-nop:2.0.17
 //DEPS com.google.cloud.tools:jib-core:0.28.1
 
