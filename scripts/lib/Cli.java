@@ -52,6 +52,8 @@ final class ExitCode {
     static final int TOOL_MISSING = 16;
     /** A local file cannot be read or written (an image archive, --dlv-binary). */
     static final int LOCAL_FILE = 17;
+    /** Something answers on the address, but it is not Delve's JSON-RPC API (an HTTP server, a silent port). */
+    static final int NOT_DELVE = 18;
     private ExitCode() {}
 }
 
