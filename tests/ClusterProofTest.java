@@ -132,6 +132,48 @@ class ClusterProofTest {
         }
     }
 
+    // ---- the up/down scripts themselves (local cluster only) -------------------------------------------------------
+
+    @Test
+    void secondUpReusesTheRunningClusterQuickly(Cluster cluster) {
+        org.junit.jupiter.api.Assumptions.assumeTrue(cluster.source().equals("local"), "local cluster only");
+        long start = System.nanoTime();
+        Cluster.Result up = Cluster.run(java.util.List.of(cluster.repoRoot().resolve("tests/cluster/up").toString()),
+                null, Duration.ofMinutes(5), java.util.Map.of());
+        long millis = (System.nanoTime() - start) / 1_000_000;
+        assertEquals(0, up.exitCode(), up.toString());
+        String[] lines = up.stdout().strip().split("\n");
+        assertEquals(cluster.kubeconfig().toString(), lines[lines.length - 1], "last stdout line is the kubeconfig");
+        assertTrue(up.stderr().contains("already running"), up.stderr());
+        assertTrue(millis < 15_000, "a second up took " + millis + " ms");
+    }
+
+    @Test
+    void upNamesAPortInUseAndLeavesNothingBehind(Cluster cluster) throws Exception {
+        org.junit.jupiter.api.Assumptions.assumeTrue(cluster.source().equals("local"), "local cluster only");
+        Path state = Files.createTempDirectory("kdlv-second-cluster");
+        Files.delete(state);
+        // Same ports as the running cluster, another state dir: refused before anything starts.
+        Cluster.Result up = Cluster.run(java.util.List.of(cluster.repoRoot().resolve("tests/cluster/up").toString(),
+                "--no-fixtures"), null, Duration.ofMinutes(5), java.util.Map.of("KDLV_CLUSTER_DIR", state.toString()));
+        assertEquals(1, up.exitCode(), up.toString());
+        assertTrue(up.stderr().matches("(?s).*port \\d+ is already in use.*"), up.stderr());
+        assertTrue(!Files.exists(state), "no state dir is left behind: " + state);
+    }
+
+    @Test
+    void downOnNothingIsANoOp(Cluster cluster) throws Exception {
+        org.junit.jupiter.api.Assumptions.assumeTrue(cluster.source().equals("local"), "local cluster only");
+        Path state = Files.createTempDirectory("kdlv-no-cluster");
+        Files.delete(state);
+        Cluster.Result down = Cluster.run(java.util.List.of(cluster.repoRoot().resolve("tests/cluster/down").toString()),
+                null, Duration.ofMinutes(2), java.util.Map.of("KDLV_CLUSTER_DIR", state.toString()));
+        assertEquals(0, down.exitCode(), down.toString());
+        assertTrue(down.stderr().contains("nothing to do"), down.stderr());
+        assertEquals("", cluster.kubectl("get", "--raw", "/readyz").stdoutOrThrow().replace("ok", "").strip(),
+                "the running cluster is untouched");
+    }
+
     // ---- helpers -------------------------------------------------------------------------------------------------
 
     /** kubectl debug POD --target=app with the local busybox image; waits until the ephemeral container runs. */
