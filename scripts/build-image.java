@@ -213,7 +213,8 @@ class BuildImage implements Callable<Integer> {
         PrintWriter out = spec.commandLine().getOut();
         out.println(result.reference);
         out.printf("platforms: %s%n", arches.stream().map(a -> "linux/" + a).collect(Collectors.joining(",")));
-        out.printf("size: %s uncompressed, %s compressed%s%n", megabytes(result.uncompressed), megabytes(result.compressed),
+        out.printf("size: %s uncompressed%s, %s compressed%s%n", megabytes(result.uncompressed),
+                base.equals("scratch") ? "" : " (without the base image)", megabytes(result.compressed),
                 result.where == null ? "" : " (" + result.where + ")");
         out.flush();
         return ExitCode.OK;
