@@ -582,7 +582,7 @@ class Connect implements Callable<Integer> {
                       boolean keepBreakpoints, PrintWriter out) throws IOException, InterruptedException {
         try (QuitGuard guard = new QuitGuard(delve, timeout, keepBreakpoints, out)) {
             InetSocketAddress local = guard.start();
-            List<String> command = new ArrayList<>(List.of(dlv.toString(), "connect", local.getHostString() + ":" + local.getPort()));
+            List<String> command = new ArrayList<>(List.of(dlv.toString(), "connect", local.getAddress().getHostAddress() + ":" + local.getPort()));
             Path initFile = initFile(init, mapping);
             if (initFile != null) command.addAll(List.of("--init", initFile.toString()));
             out.println("kdlv: starting " + String.join(" ", command.subList(0, 3)) + " (a guard in front of " + delve.getHostString()
@@ -622,22 +622,29 @@ class Connect implements Callable<Integer> {
         return path.contains(" ") ? "\"" + path + "\"" : path;
     }
 
-    /** Ctrl-C goes to the whole foreground process group: dlv halts the target on it, and this JVM must not die of it. */
+    /**
+     * Ctrl-C goes to the whole foreground process group: dlv halts the target on it, and this JVM must not die of it.
+     * sun.misc.Signal through reflection, so that the build stays free of internal-API warnings.
+     */
     private static Object ignoreInterrupts() {
         try {
-            return sun.misc.Signal.handle(new sun.misc.Signal("INT"), signal -> {});
-        } catch (RuntimeException | LinkageError e) {
+            Class<?> signal = Class.forName("sun.misc.Signal");
+            Class<?> handler = Class.forName("sun.misc.SignalHandler");
+            Object ignore = java.lang.reflect.Proxy.newProxyInstance(handler.getClassLoader(), new Class<?>[] {handler}, (p, m, a) -> null);
+            return signal.getMethod("handle", signal, handler).invoke(null, signal.getConstructor(String.class).newInstance("INT"), ignore);
+        } catch (ReflectiveOperationException | RuntimeException | LinkageError e) {
             return null;
         }
     }
 
     private static void restoreInterrupts(Object previous) {
-        if (previous instanceof sun.misc.SignalHandler handler) {
-            try {
-                sun.misc.Signal.handle(new sun.misc.Signal("INT"), handler);
-            } catch (RuntimeException e) {
-                // nothing to restore on this JVM
-            }
+        if (previous == null) return;
+        try {
+            Class<?> signal = Class.forName("sun.misc.Signal");
+            Class<?> handler = Class.forName("sun.misc.SignalHandler");
+            signal.getMethod("handle", signal, handler).invoke(null, signal.getConstructor(String.class).newInstance("INT"), previous);
+        } catch (ReflectiveOperationException | RuntimeException | LinkageError e) {
+            // nothing to restore on this JVM
         }
     }
 

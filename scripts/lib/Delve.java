@@ -95,9 +95,24 @@ final class Delve implements Closeable {
         return state(call("Command", params().put("name", "halt")).path("State"));
     }
 
-    /** Lets the target run on, without waiting: Delve answers `continue` only when the target stops again. */
+    /**
+     * Lets the target run on. Delve answers `continue` only when the target stops again, and drops it if the connection
+     * closes before the target runs (dlv's own `exit -c` has that race): so this waits until State says it runs.
+     */
     void resume() throws IOException {
         send("Command", params().put("name", "continue"));
+        long deadline = System.nanoTime() + 5_000_000_000L;
+        while (System.nanoTime() < deadline) {
+            State state = state();
+            if (state.running() || state.exited()) return;
+            try {
+                Thread.sleep(10);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IOException("interrupted while resuming the target");
+            }
+        }
+        throw new IOException("the target did not resume within 5 s of `continue`");
     }
 
     /**
