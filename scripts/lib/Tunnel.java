@@ -112,6 +112,7 @@ final class Tunnel implements Closeable {
     private volatile Watch<V1Pod> watch;
     private Thread acceptor;
     private Thread watcher;
+    private Thread watchdog;
 
     private Tunnel(Kube kube, String pod, String container, int remotePort, Mode mode, Consumer<String> log, boolean verbose,
                    String podUid, ServerSocket server) {
@@ -236,8 +237,10 @@ final class Tunnel implements Closeable {
         SpdySession session = spdy;
         if (session != null) session.close();
         if (watcher != null) watcher.interrupt();
+        if (watchdog != null) watchdog.interrupt();
         join(acceptor);
         join(watcher);
+        join(watchdog);
         streams.shutdown();
         try {
             if (!streams.awaitTermination(5, TimeUnit.SECONDS)) streams.shutdownNow();
@@ -395,6 +398,11 @@ final class Tunnel implements Closeable {
 
     private void start(V1Pod target) {
         if (mode == Mode.PORT_FORWARD) openSpdy();
+        if (spdySupported && mode == Mode.PORT_FORWARD) {
+            watchdog = new Thread(this::watchdogLoop, name + "-watchdog");
+            watchdog.setDaemon(true);
+            watchdog.start();
+        }
         acceptor = new Thread(this::acceptLoop, name + "-accept");
         acceptor.setDaemon(true);
         acceptor.start();
@@ -735,9 +743,8 @@ final class Tunnel implements Closeable {
     }
 
     private static final String SPDY_TUNNEL_PROTOCOL = "SPDY/3.1+portforward.k8s.io";
-    /** Bytes queued for one slow client before it is cut off (a stalled reader must not stall the others). */
-    private static final long MAX_CLIENT_BACKLOG = 16 << 20;
-    private static final byte[] END = new byte[0];
+    /** Seconds a client may block the shared session by not reading before it is cut off. */
+    private static final int STUCK_CLIENT_SECONDS = 10;
     /** The SPDY/3 header compression dictionary (draft-mbelshe-httpbis-spdy-00, section 2.6.10.1). */
     private static final byte[] SPDY_DICTIONARY = java.util.Base64.getDecoder().decode(
             "AAAAB29wdGlvbnMAAAAEaGVhZAAAAARwb3N0AAAAA3B1dAAAAAZkZWxldGUAAAAFdHJhY2UAAAAGYWNjZXB0AAAADmFjY2VwdC1j" +
@@ -802,20 +809,18 @@ final class Tunnel implements Closeable {
     }
 
     /** One WebSocket to pods/portforward carrying a SPDY/3.1 client session; streams for every client. */
-    private final class SpdySession extends WebSocketListener {
-        private final CountDownLatch opened = new CountDownLatch(1);
+    private final class SpdySession {
         private final Map<Integer, SpdyClient> streams = new ConcurrentHashMap<>();
         private final java.util.zip.Deflater deflater = new java.util.zip.Deflater(java.util.zip.Deflater.BEST_COMPRESSION);
         private final java.util.zip.Inflater inflater = new java.util.zip.Inflater();
-        private final Object sendLock = new Object();
+        /** Orders stream ids and header compression: SYN_STREAMs must reach the server in id order. */
+        private final Object streamLock = new Object();
         private byte[] input = new byte[64 * 1024];
         private int inputLength;
         private int nextStreamId = 1;
         private int nextRequestId;
-        private volatile WebSocket webSocket;
-        private volatile String failure;
-        private volatile int failureCode;
-        private volatile String protocol;
+        private volatile RawWebSocket webSocket;
+        private Thread reader;
         volatile boolean dead;
 
         SpdySession() {
@@ -823,34 +828,36 @@ final class Tunnel implements Closeable {
         }
 
         void connect() {
+            RawWebSocket ws;
             try {
-                webSocket = http.newWebSocket(request(List.of(), SPDY_TUNNEL_PROTOCOL), this);
-                if (!opened.await(30, TimeUnit.SECONDS)) {
-                    webSocket.cancel();
-                    throw new ExitException(ExitCode.TIMEOUT, "no answer from the API server within 30 s to pods/portforward");
-                }
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw new ExitException(ExitCode.FAILURE, "interrupted");
+                ws = RawWebSocket.open(http, request(List.of(), SPDY_TUNNEL_PROTOCOL));
             } catch (ApiException e) {
                 throw Kube.failure("cannot open pods/portforward", e);
-            }
-            if (failure != null) {
+            } catch (RawWebSocket.Refused e) {
                 dead = true;
-                if (failureCode == 403) throw new ExitException(ExitCode.FORBIDDEN, failure);
-                if (failureCode >= 400) throw new SpdyUnsupported(failure);
-                throw new ExitException(ExitCode.UNREACHABLE, failure);
-            }
-            if (!SPDY_TUNNEL_PROTOCOL.equals(protocol)) {
+                String message = e.body.isBlank() ? "HTTP " + e.code
+                        : Kube.statusMessage(new ApiException(e.code, Map.of(), e.body)).orElse("HTTP " + e.code);
+                if (e.code == 403) throw new ExitException(ExitCode.FORBIDDEN, forbidden(kube, pod, mode) + " (" + message + ")");
+                throw new SpdyUnsupported(message);
+            } catch (IOException e) {
                 dead = true;
-                webSocket.cancel();
-                throw new SpdyUnsupported("it answered with subprotocol '" + protocol + "'");
+                throw new ExitException(ExitCode.UNREACHABLE, "cannot reach the API server for pods/portforward ("
+                        + Cli.firstLine(String.valueOf(e.getMessage())) + "); the listener stays up, the next connection tries again", e);
             }
+            if (!SPDY_TUNNEL_PROTOCOL.equals(ws.protocol)) {
+                dead = true;
+                ws.cancel();
+                throw new SpdyUnsupported("it answered with subprotocol '" + ws.protocol + "'");
+            }
+            webSocket = ws;
+            reader = new Thread(this::readLoop, name + "-spdy");
+            reader.setDaemon(true);
+            reader.start();
         }
 
         /** Registers a client and opens its error and data streams, as kubectl port-forward does. */
         int[] openStreams(SpdyClient client) throws IOException {
-            synchronized (sendLock) {
+            synchronized (streamLock) {
                 if (dead) throw new IOException("the API connection closed");
                 int requestId = nextRequestId++;
                 int errorStream = nextStreamId;
@@ -866,8 +873,7 @@ final class Tunnel implements Closeable {
                 byte[] finish = dataFrame(errorStream, 0x01, null, 0, 0); // we never write to the error stream: half-close it
                 byte[] data = synStream(dataStream, "data", port, request);
                 java.nio.ByteBuffer frames = java.nio.ByteBuffer.allocate(error.length + finish.length + data.length);
-                send(frames.put(error).put(finish).put(data).array()); // one WebSocket message, one TLS record
-
+                send(frames.put(error).put(finish).put(data).array()); // one WebSocket frame, one TLS record
                 return new int[] {dataStream, errorStream};
             }
         }
@@ -877,9 +883,20 @@ final class Tunnel implements Closeable {
         }
 
         void send(byte[] frame) throws IOException {
-            WebSocket ws = webSocket;
-            while (ws.queueSize() > MAX_QUEUED && !dead) LockSupport.parkNanos(200_000);
-            if (dead || !ws.send(ByteString.of(frame))) throw new IOException("the API connection closed");
+            send(frame, 0, frame.length);
+        }
+
+        /** Writes SPDY bytes in one WebSocket frame, on the calling thread (blocking is the backpressure). */
+        void send(byte[] bytes, int offset, int length) throws IOException {
+            RawWebSocket ws = webSocket;
+            if (dead || ws == null) throw new IOException("the API connection closed");
+            try {
+                ws.sendBinary(bytes, offset, length);
+            } catch (IOException e) {
+                fail("lost the port-forward connection to the API server (" + Cli.firstLine(String.valueOf(e.getMessage()))
+                        + "); the listener stays up, the next connection opens a new one");
+                throw e;
+            }
         }
 
         private byte[] synStream(int streamId, String type, String port, String requestId) {
@@ -904,7 +921,7 @@ final class Tunnel implements Closeable {
             return frame.array();
         }
 
-        /** Header blocks share one zlib stream per direction, flushed after each block (SPDY/3). Under sendLock. */
+        /** Header blocks share one zlib stream per direction, flushed after each block (SPDY/3). Under streamLock. */
         private byte[] compress(byte[] block) {
             deflater.setInput(block);
             java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
@@ -918,7 +935,7 @@ final class Tunnel implements Closeable {
         }
 
         /** Keeps the inflater in step with the server's header blocks; their content does not matter here. */
-        private void skipHeaderBlock(byte[] bytes, int offset, int length) {
+        private void skipHeaderBlock(byte[] bytes, int offset, int length) throws IOException {
             inflater.setInput(bytes, offset, length);
             byte[] sink = new byte[1024];
             try {
@@ -930,27 +947,43 @@ final class Tunnel implements Closeable {
                     }
                 }
             } catch (java.util.zip.DataFormatException e) {
-                fail("the server sent a header block that does not decompress: " + e.getMessage());
+                throw new IOException("the server sent a SPDY header block that does not decompress: " + e.getMessage());
             }
         }
 
         void close() {
             dead = true;
-            WebSocket ws = webSocket;
-            if (ws != null && !ws.close(1000, null)) ws.cancel();
+            RawWebSocket ws = webSocket;
+            if (ws != null) ws.close();
+            if (reader != null && reader != Thread.currentThread()) {
+                try {
+                    reader.join(2000);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }
         }
 
-        @Override
-        public void onOpen(WebSocket webSocket, Response response) {
-            protocol = response.header("Sec-WebSocket-Protocol", "");
-            opened.countDown();
+        private void readLoop() {
+            RawWebSocket ws = webSocket;
+            String why = "the API server closed the port-forward connection";
+            try {
+                byte[] buffer = new byte[64 * 1024];
+                while (true) {
+                    int n = ws.read(buffer);
+                    if (n < 0) break;
+                    received(buffer, n);
+                }
+            } catch (IOException e) {
+                why = "lost the port-forward connection to the API server (" + Cli.firstLine(String.valueOf(e.getMessage())) + ")";
+            }
+            fail(why + "; the listener stays up, the next connection opens a new one");
         }
 
-        @Override
-        public void onMessage(WebSocket webSocket, ByteString bytes) {
-            int size = bytes.size();
+        /** SPDY bytes from the server, in any chunking: parses whole frames, keeps the rest. */
+        private void received(byte[] bytes, int size) throws IOException {
             if (inputLength + size > input.length) input = java.util.Arrays.copyOf(input, Math.max(input.length * 2, inputLength + size));
-            bytes.copyInto(0, input, inputLength, size);
+            System.arraycopy(bytes, 0, input, inputLength, size);
             inputLength += size;
             int offset = 0;
             while (inputLength - offset >= 8) {
@@ -963,7 +996,7 @@ final class Tunnel implements Closeable {
             inputLength -= offset;
         }
 
-        private void frame(byte[] b, int at, int length) {
+        private void frame(byte[] b, int at, int length) throws IOException {
             int flags = b[at + 4] & 0xff;
             boolean control = (b[at] & 0x80) != 0;
             if (!control) {
@@ -986,13 +1019,7 @@ final class Tunnel implements Closeable {
                     SpdyClient client = streams.get(streamId);
                     if (client != null) client.reset(streamId, int32(b, at + 12));
                 }
-                case 6 -> { // PING: answer with the same id
-                    try {
-                        send(java.util.Arrays.copyOfRange(b, at, at + 8 + length));
-                    } catch (IOException e) {
-                        // the session is going away; its failure callback tells
-                    }
-                }
+                case 6 -> send(java.util.Arrays.copyOfRange(b, at, at + 8 + length)); // PING: answer with the same id
                 case 7 -> dead = true; // GOAWAY: no new streams here; the next client opens a new session
                 case 8 -> skipHeaderBlock(b, at + 12, length - 4); // HEADERS
                 default -> { } // SETTINGS, WINDOW_UPDATE (spdystream has no flow control), NOOP
@@ -1003,40 +1030,181 @@ final class Tunnel implements Closeable {
             return ((b[at] & 0xff) << 24) | ((b[at + 1] & 0xff) << 16) | ((b[at + 2] & 0xff) << 8) | (b[at + 3] & 0xff);
         }
 
-        @Override
-        public void onClosing(WebSocket webSocket, int code, String reason) {
-            webSocket.close(1000, null);
-            fail("the API server closed the port-forward connection" + (reason == null || reason.isBlank() ? "" : " (" + reason + ")"));
-        }
-
-        @Override
-        public void onClosed(WebSocket webSocket, int code, String reason) {
-            fail("the port-forward connection closed");
-        }
-
-        @Override
-        public void onFailure(WebSocket webSocket, Throwable t, Response response) {
-            if (opened.getCount() > 0) {
-                failureCode = response != null ? response.code() : 0;
-                failure = upgradeFailure(t, response);
-                opened.countDown();
-                return;
-            }
-            fail("lost the port-forward connection to the API server (" + Cli.firstLine(String.valueOf(t.getMessage()))
-                    + "); the listener stays up, the next connection opens a new one");
-        }
-
         /** The session is gone: every client on it ends with {@code why}. */
         private void fail(String why) {
             dead = true;
             for (SpdyClient client : List.copyOf(streams.values())) client.close(closed.get() ? null : why);
             streams.clear();
-            webSocket.cancel();
+            RawWebSocket ws = webSocket;
+            if (ws != null) ws.cancel();
+        }
+    }
+
+    /**
+     * A client WebSocket (RFC 6455) on a connection OkHttp upgraded (OkHttp 5 hands out the socket of a 101 response):
+     * binary frames written on the caller's thread, frames read by one reader. For the SPDY session, where OkHttp's
+     * own WebSocket would add a writer-thread hop and a send queue to every frame.
+     */
+    static final class RawWebSocket {
+        /** The server answered the upgrade with another status. */
+        static final class Refused extends IOException {
+            final int code;
+            final String body;
+
+            Refused(int code, String body) {
+                super("HTTP " + code);
+                this.code = code;
+                this.body = body;
+            }
+        }
+
+        final String protocol;
+        private final okio.Socket socket;
+        private final okio.BufferedSource in;
+        private final okio.BufferedSink out;
+        private final java.util.Random masks = new java.security.SecureRandom();
+        private final byte[] header = new byte[14];
+        private byte[] masked = new byte[8 + CHUNK];
+        private long remaining;
+        private final AtomicBoolean closing = new AtomicBoolean();
+
+        private RawWebSocket(okio.Socket socket, String protocol) {
+            this.socket = socket;
+            this.protocol = protocol;
+            this.in = okio.Okio.buffer(socket.getSource());
+            this.out = okio.Okio.buffer(socket.getSink());
+        }
+
+        static RawWebSocket open(OkHttpClient http, Request request) throws IOException {
+            byte[] nonce = new byte[16];
+            new java.security.SecureRandom().nextBytes(nonce);
+            String key = java.util.Base64.getEncoder().encodeToString(nonce);
+            Request upgrade = request.newBuilder().header("Connection", "Upgrade").header("Upgrade", "websocket")
+                    .header("Sec-WebSocket-Version", "13").header("Sec-WebSocket-Key", key).build();
+            OkHttpClient http1 = http.newBuilder().protocols(List.of(okhttp3.Protocol.HTTP_1_1)).build();
+            Response response = http1.newCall(upgrade).execute();
+            if (response.code() != 101) {
+                String body;
+                try (response) {
+                    body = response.body() != null ? response.body().string() : "";
+                }
+                throw new Refused(response.code(), body);
+            }
+            String accept;
+            try {
+                accept = java.util.Base64.getEncoder().encodeToString(java.security.MessageDigest.getInstance("SHA-1")
+                        .digest((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").getBytes(StandardCharsets.US_ASCII)));
+            } catch (java.security.NoSuchAlgorithmException e) {
+                throw new IOException(e);
+            }
+            okio.Socket socket = response.socket();
+            if (socket == null || !accept.equals(response.header("Sec-WebSocket-Accept"))) {
+                if (socket != null) socket.cancel();
+                throw new IOException("the API server's WebSocket upgrade is not valid");
+            }
+            return new RawWebSocket(socket, response.header("Sec-WebSocket-Protocol", ""));
+        }
+
+        /** One masked binary frame. */
+        synchronized void sendBinary(byte[] bytes, int offset, int length) throws IOException {
+            writeFrame(0x2, bytes, offset, length);
+        }
+
+        private void writeFrame(int opcode, byte[] bytes, int offset, int length) throws IOException {
+            int n = 0;
+            header[n++] = (byte) (0x80 | opcode);
+            if (length < 126) {
+                header[n++] = (byte) (0x80 | length);
+            } else if (length < 65536) {
+                header[n++] = (byte) (0x80 | 126);
+                header[n++] = (byte) (length >>> 8);
+                header[n++] = (byte) length;
+            } else {
+                header[n++] = (byte) (0x80 | 127);
+                for (int shift = 56; shift >= 0; shift -= 8) header[n++] = (byte) ((long) length >>> shift);
+            }
+            int mask = masks.nextInt();
+            header[n++] = (byte) (mask >>> 24);
+            header[n++] = (byte) (mask >>> 16);
+            header[n++] = (byte) (mask >>> 8);
+            header[n++] = (byte) mask;
+            out.write(header, 0, n);
+            if (masked.length < length) masked = new byte[Math.max(length, 2 * masked.length)];
+            byte m0 = header[n - 4], m1 = header[n - 3], m2 = header[n - 2], m3 = header[n - 1];
+            int i = 0;
+            for (; i + 3 < length; i += 4) {
+                masked[i] = (byte) (bytes[offset + i] ^ m0);
+                masked[i + 1] = (byte) (bytes[offset + i + 1] ^ m1);
+                masked[i + 2] = (byte) (bytes[offset + i + 2] ^ m2);
+                masked[i + 3] = (byte) (bytes[offset + i + 3] ^ m3);
+            }
+            for (; i < length; i++) masked[i] = (byte) (bytes[offset + i] ^ header[n - 4 + (i & 3)]);
+            out.write(masked, 0, length);
+            out.flush();
+        }
+
+        /**
+         * Reads payload bytes of the next data frames (message boundaries do not matter to a byte stream); answers
+         * pings; -1 once the server closed.
+         */
+        int read(byte[] buffer) throws IOException {
+            while (remaining == 0) {
+                int b0 = in.readByte() & 0xff;
+                int b1 = in.readByte() & 0xff;
+                long length = b1 & 0x7f;
+                if (length == 126) length = in.readShort() & 0xffff;
+                else if (length == 127) length = in.readLong();
+                if ((b1 & 0x80) != 0) throw new IOException("the server masked a frame");
+                int opcode = b0 & 0x0f;
+                if (opcode >= 0x8) { // control frames: close, ping, pong (never fragmented, at most 125 bytes)
+                    byte[] payload = in.readByteArray(length);
+                    if (opcode == 0x8) {
+                        close();
+                        return -1;
+                    }
+                    if (opcode == 0x9) {
+                        synchronized (this) {
+                            writeFrame(0xA, payload, 0, payload.length);
+                        }
+                    }
+                    continue;
+                }
+                if (opcode == 0x1) throw new IOException("the server sent a text frame on a binary protocol");
+                remaining = length;
+            }
+            int n = in.read(buffer, 0, (int) Math.min(buffer.length, remaining));
+            if (n < 0) throw new java.io.EOFException("the connection ended inside a frame");
+            remaining -= n;
+            return n;
+        }
+
+        /** Sends a close frame once (best effort) and drops the connection. */
+        void close() {
+            if (closing.compareAndSet(false, true)) {
+                try {
+                    synchronized (this) {
+                        writeFrame(0x8, new byte[] {0x03, (byte) 0xe8}, 0, 2); // 1000, normal closure
+                    }
+                } catch (IOException ignored) {
+                    // the connection is gone already
+                }
+            }
+            cancel();
+        }
+
+        void cancel() {
+            socket.cancel();
         }
     }
 
     private static byte[] dataFrame(int streamId, int flags, byte[] data, int offset, int length) {
         byte[] frame = new byte[8 + length];
+        dataFrameHeader(frame, streamId, flags, length);
+        if (length > 0) System.arraycopy(data, offset, frame, 8, length);
+        return frame;
+    }
+
+    private static void dataFrameHeader(byte[] frame, int streamId, int flags, int length) {
         frame[0] = (byte) (streamId >>> 24 & 0x7f);
         frame[1] = (byte) (streamId >>> 16);
         frame[2] = (byte) (streamId >>> 8);
@@ -1045,8 +1213,6 @@ final class Tunnel implements Closeable {
         frame[5] = (byte) (length >>> 16);
         frame[6] = (byte) (length >>> 8);
         frame[7] = (byte) length;
-        if (length > 0) System.arraycopy(data, offset, frame, 8, length);
-        return frame;
     }
 
     private static byte[] rstStream(int streamId) {
@@ -1063,16 +1229,16 @@ final class Tunnel implements Closeable {
         private final AtomicBoolean done = new AtomicBoolean();
         private final AtomicLong sent = new AtomicLong();
         private final AtomicLong received = new AtomicLong();
-        private final AtomicLong backlog = new AtomicLong();
-        private final java.util.concurrent.LinkedBlockingQueue<byte[]> toClient = new java.util.concurrent.LinkedBlockingQueue<>();
         private final StringBuffer errors = new StringBuffer();
         private volatile SpdySession session;
         private volatile int dataStream;
         private volatile int errorStream;
         private volatile boolean localFinished;
         private volatile boolean remoteFinished;
+        /** When the session's reader started a write to this client that has not returned yet (0: none). */
+        private volatile long writingSince;
+        private OutputStream toClient;
         private Thread pump;
-        private Thread writer;
 
         SpdyClient(int id, Socket socket) {
             this.id = id;
@@ -1089,6 +1255,7 @@ final class Tunnel implements Closeable {
         private void run() {
             try {
                 long started = System.nanoTime();
+                toClient = socket.getOutputStream();
                 SpdySession current;
                 try {
                     current = spdySession();
@@ -1102,9 +1269,6 @@ final class Tunnel implements Closeable {
                     current.forget(ids);
                     return;
                 }
-                writer = new Thread(this::write, name + "-conn-" + id + "-out");
-                writer.setDaemon(true);
-                writer.start();
                 // spdystream drops data that arrives before it has replied to the stream
                 if (!replied.await(30, TimeUnit.SECONDS)) {
                     close("the pod side did not accept the stream within 30 s");
@@ -1115,16 +1279,17 @@ final class Tunnel implements Closeable {
                             + TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms (port-forward, SPDY stream " + dataStream + ")");
                 }
                 InputStream fromClient = socket.getInputStream();
-                byte[] buffer = new byte[CHUNK];
+                byte[] buffer = new byte[8 + CHUNK]; // room for the SPDY data frame header: no copy per frame
                 while (!done.get()) {
-                    int n = fromClient.read(buffer);
+                    int n = fromClient.read(buffer, 8, CHUNK);
                     if (n < 0) {
                         localFinished = true;
                         current.send(dataFrame(dataStream, 0x01, null, 0, 0)); // half-close, as kubectl does
                         if (remoteFinished) close(null);
                         return;
                     }
-                    current.send(dataFrame(dataStream, 0, buffer, 0, n));
+                    dataFrameHeader(buffer, dataStream, 0, n);
+                    current.send(buffer, 0, 8 + n);
                     sent.addAndGet(n);
                 }
             } catch (InterruptedException e) {
@@ -1135,51 +1300,46 @@ final class Tunnel implements Closeable {
             }
         }
 
-        /** Writes what the pod sent to the client, on its own thread, so that one slow client holds up no other. */
-        private void write() {
-            try {
-                OutputStream out = socket.getOutputStream();
-                while (true) {
-                    byte[] chunk = toClient.take();
-                    if (chunk == END) break;
-                    out.write(chunk);
-                    backlog.addAndGet(-chunk.length);
-                }
-                close(explain(errors.toString()));
-            } catch (InterruptedException e) {
-                // closed
-            } catch (IOException e) {
-                close(null); // the client went away
-            }
-        }
-
         void replied(int streamId, boolean fin) {
             if (streamId == dataStream) replied.countDown();
             if (fin) fromPod(streamId, null, 0, 0, true);
         }
 
-        /** A data frame from the pod side (the reader thread of the session: must not block). */
+        /**
+         * A data frame from the pod side, written to the client on the session's reader thread: no hand-over per
+         * frame. A client that stops reading would hold up every stream, so the watchdog cuts it off after a while.
+         */
         void fromPod(int streamId, byte[] bytes, int offset, int length, boolean fin) {
             if (streamId == errorStream) {
                 if (length > 0) errors.append(new String(bytes, offset, length, StandardCharsets.UTF_8));
                 return;
             }
-            if (length > 0) {
-                if (backlog.addAndGet(length) > MAX_CLIENT_BACKLOG) {
-                    close("the client reads too slowly (" + (MAX_CLIENT_BACKLOG >> 20) + " MiB waiting); closed it so the others go on");
+            if (length > 0 && !done.get()) {
+                writingSince = System.nanoTime();
+                try {
+                    toClient.write(bytes, offset, length);
+                    received.addAndGet(length);
+                } catch (IOException e) {
+                    close(null); // the client went away
                     return;
+                } finally {
+                    writingSince = 0;
                 }
-                toClient.add(java.util.Arrays.copyOfRange(bytes, offset, offset + length));
-                received.addAndGet(length);
             }
-            if (fin) {
+            if (fin) { // the pod side finished (Delve closed, or the port-forward ended): as kubectl, close the client
                 remoteFinished = true;
-                toClient.add(END);
+                close(explain(errors.toString()));
             }
         }
 
         void reset(int streamId, int status) {
-            if (streamId == dataStream) toClient.add(END);
+            if (streamId == dataStream) close(explain(errors.toString()));
+        }
+
+        /** Called by the watchdog: true when a write to this client has been stuck longer than {@code nanos}. */
+        boolean stuck(long now, long nanos) {
+            long since = writingSince;
+            return since != 0 && now - since > nanos;
         }
 
         @Override
@@ -1198,10 +1358,28 @@ final class Tunnel implements Closeable {
                 }
             }
             closeQuietly(socket);
-            if (writer != null && writer != Thread.currentThread()) writer.interrupt();
             connections.remove(this);
             if (why != null && !closed.get()) log.accept("connection " + id + ": " + why);
             else if (verbose) log.accept("connection " + id + " closed (" + sent.get() + " bytes sent, " + received.get() + " received)");
+        }
+    }
+
+    /** Cuts off SPDY clients that stopped reading, so that they do not hold up the others for long. */
+    private void watchdogLoop() {
+        long limit = TimeUnit.SECONDS.toNanos(STUCK_CLIENT_SECONDS);
+        while (!closed.get()) {
+            try {
+                Thread.sleep(500);
+            } catch (InterruptedException e) {
+                return;
+            }
+            long now = System.nanoTime();
+            for (Client client : List.copyOf(connections)) {
+                if (client instanceof SpdyClient spdyClient && spdyClient.stuck(now, limit)) {
+                    spdyClient.close("the client read nothing for " + STUCK_CLIENT_SECONDS + " s while the pod sent data; "
+                            + "closed it so the other connections go on");
+                }
+            }
         }
     }
 
