@@ -4,6 +4,8 @@
 //FILES kdlv/debug-image/Dockerfile=../debug-image/Dockerfile
 //FILES kdlv/debug-image/nc/go.mod=../debug-image/nc/go.mod
 //FILES kdlv/debug-image/nc/main.go=../debug-image/nc/main.go
+//FILES kdlv/debug-image/kdlv-attach/go.mod=../debug-image/kdlv-attach/go.mod
+//FILES kdlv/debug-image/kdlv-attach/main.go=../debug-image/kdlv-attach/main.go
 //DESCRIPTION Build the debug image (Delve + netcat) for the target's CPU architecture and Go version, without a Docker daemon.
 
 import com.google.cloud.tools.jib.api.Containerizer;
@@ -187,7 +189,7 @@ class BuildImage implements Callable<Integer> {
     }
 
     /** The binaries of one architecture's image. */
-    record Binaries(String arch, Path dlv, Optional<Path> nc) {}
+    record Binaries(String arch, Path dlv, Optional<Path> nc, Optional<Path> kdlvAttach) {}
 
     public static void main(String... args) {
         Cli.main(new BuildImage(), args);
@@ -208,7 +210,7 @@ class BuildImage implements Callable<Integer> {
         for (Path extra : add) if (isElf(extra)) checkElf(extra, arches.get(0), "--add");
         if (push != null) checkRegistry(parseReference(name, "--push"));
         List<Binaries> binaries = new ArrayList<>();
-        for (String a : arches) binaries.add(new Binaries(a, dlvFor(a, delve), ncFor(a)));
+        for (String a : arches) binaries.add(new Binaries(a, dlvFor(a, delve), ncFor(a), kdlvAttachFor(a)));
         Result result = tar != null ? writeTar(binaries, delve, name) : push(binaries, delve, name);
         PrintWriter out = spec.commandLine().getOut();
         out.println(result.reference);
@@ -405,16 +407,32 @@ class BuildImage implements Callable<Integer> {
             checkElf(ncBinary, arch, "--nc-binary");
             return Optional.of(ncBinary);
         }
-        Optional<Go> go = Go.find();
-        if (go.isEmpty()) {
+        Optional<Path> nc = ownTool("nc", arch);
+        if (nc.isEmpty()) {
             progress(Cli.yellow("warning: no Go toolchain to build nc: the image has no nc. The article's exec tunnel needs it"
                     + " (port-forward does not); pass --nc-binary FILE to add one"));
-            return Optional.empty();
         }
+        return nc;
+    }
+
+    /** kdlv-attach (debug-image/kdlv-attach), which finds the target's Go process for attach; none without Go. */
+    private Optional<Path> kdlvAttachFor(String arch) throws IOException, InterruptedException {
+        if (dlvBinary != null && ncBinary != null) return Optional.empty(); // no Go build wanted: --add FILE brings it
+        Optional<Path> tool = ownTool("kdlv-attach", arch);
+        if (tool.isEmpty()) {
+            progress(Cli.yellow("warning: no Go toolchain to build kdlv-attach: with this image, attach needs --pid N"));
+        }
+        return tool;
+    }
+
+    /** One of kdlv's own Go programs under debug-image/, built static for one architecture and cached; none without Go. */
+    private Optional<Path> ownTool(String tool, String arch) throws IOException, InterruptedException {
+        Optional<Go> go = Go.find();
+        if (go.isEmpty()) return Optional.empty();
         Path source = DebugImageSources.extract(cache());
-        Path out = cache().resolve("nc").resolve(source.getFileName().toString()).resolve(go.get().version()).resolve("linux_" + arch + "-stripped").resolve("nc");
+        Path out = cache().resolve(tool).resolve(source.getFileName().toString()).resolve(go.get().version()).resolve("linux_" + arch + "-stripped").resolve(tool);
         if (Files.isRegularFile(out)) return Optional.of(out);
-        go.get().run(Map.of("GOARCH", arch), cache(), source.resolve("nc"),
+        go.get().run(Map.of("GOARCH", arch), cache(), source.resolve(tool),
                 "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid=", "-o", out.toString(), ".");
         return Optional.of(out);
     }
@@ -451,6 +469,7 @@ class BuildImage implements Callable<Integer> {
         FileEntriesLayer.Builder tools = FileEntriesLayer.builder().setName("delve and nc")
                 .addEntry(b.dlv(), AbsoluteUnixPath.get(BIN_DIR + "/dlv"), executable);
         b.nc().ifPresent(nc -> tools.addEntry(nc, AbsoluteUnixPath.get(BIN_DIR + "/nc"), executable));
+        b.kdlvAttach().ifPresent(tool -> tools.addEntry(tool, AbsoluteUnixPath.get(BIN_DIR + "/kdlv-attach"), executable));
         for (Path extra : add) tools.addEntry(extra, AbsoluteUnixPath.get(BIN_DIR + "/" + extra.getFileName()), executable);
         return container
                 .setPlatforms(Set.of(new Platform(b.arch(), "linux")))
@@ -460,7 +479,7 @@ class BuildImage implements Callable<Integer> {
                 .setProgramArguments("dlv", "version")
                 .setLabels(new java.util.TreeMap<>(Map.of(
                         "org.opencontainers.image.title", "kdlv debugger",
-                        "org.opencontainers.image.description", "Delve " + delve + " and nc for kubectl debug; run dlv attach explicitly",
+                        "org.opencontainers.image.description", "Delve " + delve + ", nc and kdlv-attach for kubectl debug; run dlv attach or kdlv-attach explicitly",
                         "io.kdlv.delve.version", delve)));
     }
 
@@ -695,7 +714,8 @@ class BuildImage implements Callable<Integer> {
 
     private long contentSize(Binaries b) {
         try {
-            long size = Files.size(b.dlv()) + (b.nc().isPresent() ? Files.size(b.nc().get()) : 0);
+            long size = Files.size(b.dlv()) + (b.nc().isPresent() ? Files.size(b.nc().get()) : 0)
+                    + (b.kdlvAttach().isPresent() ? Files.size(b.kdlvAttach().get()) : 0);
             for (Path extra : add) size += Files.size(extra);
             return size;
         } catch (IOException e) {
@@ -755,6 +775,7 @@ class BuildImage implements Callable<Integer> {
         out.println("  layer:  " + BIN_DIR + "/dlv  " + (dlvBinary != null ? dlvBinary : "Delve " + delve + " built with "
                 + go.map(Go::version).orElse("Go (none found: pass --dlv-binary)")) + release(delve).map(r -> " (supports " + r.range() + ")").orElse(""));
         out.println("          " + BIN_DIR + "/nc   " + (ncBinary != null ? ncBinary : "debug-image/nc (kdlv's netcat, exits when either side ends)"));
+        out.println("          " + BIN_DIR + "/kdlv-attach  debug-image/kdlv-attach (finds the target's Go process for attach)");
         out.println("  config: PATH=" + PATH_ENV + ", no entrypoint, cmd [dlv version]");
         out.println();
         out.println("manual equivalent (the article's way, with debug-image/Dockerfile):");
@@ -764,7 +785,8 @@ class BuildImage implements Callable<Integer> {
         out.println("or without buildx, per architecture:");
         for (String a : arches) {
             out.println("  (cd debug-image && CGO_ENABLED=0 GOOS=linux GOARCH=" + a + " GOPATH=$PWD/.go go install -trimpath -ldflags='-s -w' " + DELVE_MODULE + "/cmd/dlv@" + delve
-                    + " && cd nc && CGO_ENABLED=0 GOOS=linux GOARCH=" + a + " go build -trimpath -ldflags='-s -w' -o ../nc-" + a + " .)");
+                    + " && cd nc && CGO_ENABLED=0 GOOS=linux GOARCH=" + a + " go build -trimpath -ldflags='-s -w' -o ../nc-" + a + " ."
+                    + " && cd ../kdlv-attach && CGO_ENABLED=0 GOOS=linux GOARCH=" + a + " go build -trimpath -ldflags='-s -w' -o ../kdlv-attach-" + a + " .)");
         }
         out.println("  podman build --platform linux/" + arches.get(0) + " --build-arg DELVE_VERSION=" + delve + " -t " + name + " debug-image");
         if (push != null) out.println("  podman push " + name);
@@ -871,7 +893,7 @@ class BuildImage implements Callable<Integer> {
      * repository when run from its sources), copied into the cache under a directory named by their hash.
      */
     static final class DebugImageSources {
-        static final List<String> FILES = List.of("Dockerfile", "nc/go.mod", "nc/main.go");
+        static final List<String> FILES = List.of("Dockerfile", "nc/go.mod", "nc/main.go", "kdlv-attach/go.mod", "kdlv-attach/main.go");
 
         private DebugImageSources() {}
 
