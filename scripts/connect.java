@@ -464,11 +464,22 @@ class Connect implements Callable<Integer> {
         }
         if (!replaced) configurations.add(ours);
         try {
-            writeAtomically(file, JSON.writeValueAsString(launch) + "\n");
+            writeAtomically(file, launchJsonWriter().writeValueAsString(launch) + "\n");
         } catch (JsonProcessingException e) {
             throw new IllegalStateException(e);
         }
         return file;
+    }
+
+    /** Formatted as VS Code writes launch.json: four spaces, "key": value, one array item per line. */
+    static com.fasterxml.jackson.databind.ObjectWriter launchJsonWriter() {
+        var indenter = new com.fasterxml.jackson.core.util.DefaultIndenter("    ", "\n");
+        var printer = new com.fasterxml.jackson.core.util.DefaultPrettyPrinter()
+                .withSeparators(com.fasterxml.jackson.core.util.Separators.createDefaultInstance()
+                        .withObjectFieldValueSpacing(com.fasterxml.jackson.core.util.Separators.Spacing.AFTER))
+                .withObjectIndenter(indenter);
+        printer.indentArraysWith(indenter);
+        return JSON.writer(printer);
     }
 
     static ObjectNode vscodeConfiguration(String name, InetSocketAddress delve, SourceMapping mapping, Path projectDir) {
@@ -813,7 +824,7 @@ record SourceMapping(String from, String to, String how) {
                 .orElseThrow();
         String remoteRoot = best.getKey();
         String how = best.getValue() + " of " + localFiles.size() + " local .go files found in the binary"
-                + (remoteRoot.equals(modulePath) ? ", -trimpath build" : remoteRoot.startsWith("/") ? ", built in " + remoteRoot : "");
+                + (remoteRoot.equals(modulePath) ? ", a -trimpath build" : "");
         return Optional.of(new SourceMapping(local.toString(), remoteRoot, how));
     }
 
