@@ -230,6 +230,35 @@ class TunnelClusterTest {
                 ExitCode.FORBIDDEN, "not allowed to open pods/exec on pod " + pod);
     }
 
+    /** The RBAC kubectl's documentation asks for (create pods/portforward) is enough: SPDY on an upgraded POST. */
+    @Test
+    void createOnPortForwardIsEnough(Cluster cluster) throws Exception {
+        cluster.kubectl("create", "serviceaccount", "-n", namespace, "forwarder").stdoutOrThrow();
+        cluster.kubectl("create", "role", "-n", namespace, "forwarder", "--verb=get,list,watch", "--resource=pods").stdoutOrThrow();
+        cluster.kubectl("create", "role", "-n", namespace, "forwarder-pf", "--verb=create", "--resource=pods/portforward").stdoutOrThrow();
+        cluster.kubectl("create", "rolebinding", "-n", namespace, "forwarder", "--role=forwarder", "--serviceaccount=" + namespace + ":forwarder").stdoutOrThrow();
+        cluster.kubectl("create", "rolebinding", "-n", namespace, "forwarder-pf", "--role=forwarder-pf", "--serviceaccount=" + namespace + ":forwarder").stdoutOrThrow();
+        Path config = serviceAccountKubeconfig(cluster, "forwarder");
+        try (TunnelTest.Running tunnel = new TunnelTest.Running(pod, "--kubeconfig", config.toString(), "--local-port", "0", "-o", "json", "-v")) {
+            int port = tunnel.port();
+            assertTrue(getVersion(port).contains("DelveVersion"), tunnel.toString());
+            assertEquals(130, tunnel.stop(), tunnel.toString());
+        }
+        TunnelTest.assertOneLine(TestTools.run(new TunnelCommand(), pod, "--mode", "exec", "--kubeconfig", config.toString(), "--local-port", "0"),
+                ExitCode.FORBIDDEN, "not allowed to open pods/exec on pod " + pod);
+    }
+
+    static Path serviceAccountKubeconfig(Cluster cluster, String account) throws IOException {
+        String token = cluster.kubectl("create", "token", "-n", namespace, account).stdoutOrThrow().strip();
+        String server = cluster.kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}").stdoutOrThrow().strip();
+        Path file = dir.resolve(account + ".kubeconfig");
+        Files.writeString(file, "apiVersion: v1\nkind: Config\ncurrent-context: " + account + "\n"
+                + "clusters:\n- name: c\n  cluster: {server: \"" + server + "\", insecure-skip-tls-verify: true}\n"
+                + "users:\n- name: " + account + "\n  user: {token: \"" + token + "\"}\n"
+                + "contexts:\n- name: " + account + "\n  context: {cluster: c, user: " + account + ", namespace: " + namespace + "}\n");
+        return file;
+    }
+
     // ---- helpers -----------------------------------------------------------------------------------------------
 
     static TunnelTest.Running run(String... args) {

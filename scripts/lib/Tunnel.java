@@ -368,30 +368,35 @@ final class Tunnel implements Closeable {
     }
 
     /**
-     * Asks the API server whether this user may open the streams. A WebSocket upgrade is a GET, which Kubernetes
-     * authorizes as verb "get" on the subresource (POST, as SPDY clients send, is "create").
+     * Asks the API server whether this user may open the streams. port-forward speaks SPDY on an upgraded POST
+     * (authorized as verb create) or, failing that, inside a WebSocket, a GET (verb get): either verb will do. exec
+     * opens a WebSocket: verb get.
      */
     private static void checkAllowed(Kube kube, String pod, Mode mode) {
-        V1SelfSubjectAccessReview review = new V1SelfSubjectAccessReview().spec(new V1SelfSubjectAccessReviewSpec()
-                .resourceAttributes(new V1ResourceAttributes().namespace(kube.namespace).verb("get").resource("pods")
-                        .subresource(mode.subresource).name(pod)));
-        V1SubjectAccessReviewStatus status;
-        try {
-            status = new AuthorizationV1Api(kube.client).createSelfSubjectAccessReview(review).execute().getStatus();
-        } catch (ApiException e) {
-            if (e.getCode() == 403 || e.getCode() == 404) return; // cannot ask: the stream itself will tell
-            throw Kube.failure("cannot check access to pods/" + mode.subresource, e);
+        List<String> verbs = mode == Mode.PORT_FORWARD ? List.of("create", "get") : List.of("get");
+        String reason = null;
+        for (String verb : verbs) {
+            V1SelfSubjectAccessReview review = new V1SelfSubjectAccessReview().spec(new V1SelfSubjectAccessReviewSpec()
+                    .resourceAttributes(new V1ResourceAttributes().namespace(kube.namespace).verb(verb).resource("pods")
+                            .subresource(mode.subresource).name(pod)));
+            V1SubjectAccessReviewStatus status;
+            try {
+                status = new AuthorizationV1Api(kube.client).createSelfSubjectAccessReview(review).execute().getStatus();
+            } catch (ApiException e) {
+                if (e.getCode() == 403 || e.getCode() == 404) return; // cannot ask: the stream itself will tell
+                throw Kube.failure("cannot check access to pods/" + mode.subresource, e);
+            }
+            if (status == null || Boolean.TRUE.equals(status.getAllowed())) return;
+            if (reason == null && status.getReason() != null && !status.getReason().isBlank()) reason = Cli.firstLine(status.getReason());
         }
-        if (status != null && !Boolean.TRUE.equals(status.getAllowed())) {
-            throw new ExitException(ExitCode.FORBIDDEN, forbidden(kube, pod, mode)
-                    + (status.getReason() != null && !status.getReason().isBlank() ? " (" + Cli.firstLine(status.getReason()) + ")" : ""));
-        }
+        throw new ExitException(ExitCode.FORBIDDEN, forbidden(kube, pod, mode) + (reason != null ? " (" + reason + ")" : ""));
     }
 
     private static String forbidden(Kube kube, String pod, Mode mode) {
         String other = mode == Mode.EXEC ? "port-forward" : "exec";
         return "not allowed to open pods/" + mode.subresource + " on pod " + pod + " in namespace " + kube.namespace
-                + ": ask for get and create on pods/" + mode.subresource + " in a Role, or try --mode " + other;
+                + ": ask for " + (mode == Mode.EXEC ? "get and create" : "create (or get)") + " on pods/" + mode.subresource
+                + " in a Role, or try --mode " + other;
     }
 
     // ---- running ---------------------------------------------------------------------------------------------------
@@ -769,6 +774,7 @@ final class Tunnel implements Closeable {
     /** False once the API server turned the tunnelled protocol down: then one v4 WebSocket per connection. */
     private volatile boolean spdySupported = true;
     private volatile SpdySession spdy;
+    private volatile SpdyTransport spdyTransport = SpdyTransport.UNKNOWN;
     private final Object spdyLock = new Object();
 
     /**
@@ -819,7 +825,7 @@ final class Tunnel implements Closeable {
         private int inputLength;
         private int nextStreamId = 1;
         private int nextRequestId;
-        private volatile RawWebSocket webSocket;
+        private volatile SpdyPipe webSocket;
         private Thread reader;
         volatile boolean dead;
 
@@ -828,31 +834,62 @@ final class Tunnel implements Closeable {
         }
 
         void connect() {
-            RawWebSocket ws;
+            SpdyPipe pipe;
             try {
-                ws = RawWebSocket.open(http, request(List.of(), SPDY_TUNNEL_PROTOCOL));
+                pipe = openPipe();
             } catch (ApiException e) {
                 throw Kube.failure("cannot open pods/portforward", e);
-            } catch (RawWebSocket.Refused e) {
-                dead = true;
-                String message = e.body.isBlank() ? "HTTP " + e.code
-                        : Kube.statusMessage(new ApiException(e.code, Map.of(), e.body)).orElse("HTTP " + e.code);
-                if (e.code == 403) throw new ExitException(ExitCode.FORBIDDEN, forbidden(kube, pod, mode) + " (" + message + ")");
-                throw new SpdyUnsupported(message);
             } catch (IOException e) {
                 dead = true;
                 throw new ExitException(ExitCode.UNREACHABLE, "cannot reach the API server for pods/portforward ("
                         + Cli.firstLine(String.valueOf(e.getMessage())) + "); the listener stays up, the next connection tries again", e);
             }
-            if (!SPDY_TUNNEL_PROTOCOL.equals(ws.protocol)) {
-                dead = true;
-                ws.cancel();
-                throw new SpdyUnsupported("it answered with subprotocol '" + ws.protocol + "'");
-            }
-            webSocket = ws;
+            webSocket = pipe;
             reader = new Thread(this::readLoop, name + "-spdy");
             reader.setDaemon(true);
             reader.start();
+        }
+
+        /**
+         * SPDY/3.1 straight on the upgraded connection (a POST, authorized as create pods/portforward; what kubectl
+         * did before 1.31 and still falls back to), else tunnelled in WebSocket frames (a GET, authorized as get;
+         * kubectl 1.31+). The transport that worked is kept for later sessions.
+         */
+        private SpdyPipe openPipe() throws ApiException, IOException {
+            String message = null;
+            int code = 0;
+            if (spdyTransport != SpdyTransport.WEBSOCKET) {
+                try {
+                    SpdyPipe pipe = RawUpgrade.open(http, spdyRequest());
+                    spdyTransport = SpdyTransport.UPGRADE;
+                    return pipe;
+                } catch (RawWebSocket.Refused e) {
+                    code = e.code;
+                    message = refusal(e);
+                    if (verbose) log.accept("pods/portforward over SPDY refused (" + message + "), trying SPDY over WebSocket");
+                }
+            }
+            try {
+                RawWebSocket ws = RawWebSocket.open(http, request(List.of(), SPDY_TUNNEL_PROTOCOL));
+                if (!SPDY_TUNNEL_PROTOCOL.equals(ws.protocol)) {
+                    ws.cancel();
+                    dead = true;
+                    throw new SpdyUnsupported("it answered with subprotocol '" + ws.protocol + "'");
+                }
+                spdyTransport = SpdyTransport.WEBSOCKET;
+                return ws;
+            } catch (RawWebSocket.Refused e) {
+                dead = true;
+                if (e.code == 403 && (code == 403 || code == 0)) {
+                    throw new ExitException(ExitCode.FORBIDDEN, forbidden(kube, pod, mode) + " (" + refusal(e) + ")");
+                }
+                throw new SpdyUnsupported(refusal(e) + (message != null ? "; over SPDY: " + message : ""));
+            }
+        }
+
+        private String refusal(RawWebSocket.Refused e) {
+            return e.body.isBlank() ? "HTTP " + e.code
+                    : Kube.statusMessage(new ApiException(e.code, Map.of(), e.body)).orElse("HTTP " + e.code);
         }
 
         /** Registers a client and opens its error and data streams, as kubectl port-forward does. */
@@ -888,10 +925,10 @@ final class Tunnel implements Closeable {
 
         /** Writes SPDY bytes in one WebSocket frame, on the calling thread (blocking is the backpressure). */
         void send(byte[] bytes, int offset, int length) throws IOException {
-            RawWebSocket ws = webSocket;
+            SpdyPipe ws = webSocket;
             if (dead || ws == null) throw new IOException("the API connection closed");
             try {
-                ws.sendBinary(bytes, offset, length);
+                ws.write(bytes, offset, length);
             } catch (IOException e) {
                 fail("lost the port-forward connection to the API server (" + Cli.firstLine(String.valueOf(e.getMessage()))
                         + "); the listener stays up, the next connection opens a new one");
@@ -953,7 +990,7 @@ final class Tunnel implements Closeable {
 
         void close() {
             dead = true;
-            RawWebSocket ws = webSocket;
+            SpdyPipe ws = webSocket;
             if (ws != null) ws.close();
             if (reader != null && reader != Thread.currentThread()) {
                 try {
@@ -965,7 +1002,7 @@ final class Tunnel implements Closeable {
         }
 
         private void readLoop() {
-            RawWebSocket ws = webSocket;
+            SpdyPipe ws = webSocket;
             String why = "the API server closed the port-forward connection";
             try {
                 byte[] buffer = new byte[64 * 1024];
@@ -1035,7 +1072,7 @@ final class Tunnel implements Closeable {
             dead = true;
             for (SpdyClient client : List.copyOf(streams.values())) client.close(closed.get() ? null : why);
             streams.clear();
-            RawWebSocket ws = webSocket;
+            SpdyPipe ws = webSocket;
             if (ws != null) ws.cancel();
         }
     }
@@ -1045,7 +1082,69 @@ final class Tunnel implements Closeable {
      * binary frames written on the caller's thread, frames read by one reader. For the SPDY session, where OkHttp's
      * own WebSocket would add a writer-thread hop and a send queue to every frame.
      */
-    static final class RawWebSocket {
+    /** A byte pipe to the SPDY server: a plain upgraded connection, or binary WebSocket frames. */
+    interface SpdyPipe {
+        /** Reads some bytes; -1 at the end. Called by one reader thread. */
+        int read(byte[] buffer) throws IOException;
+
+        /** Writes and flushes; thread-safe. */
+        void write(byte[] bytes, int offset, int length) throws IOException;
+
+        void close();
+
+        void cancel();
+    }
+
+    enum SpdyTransport { UNKNOWN, UPGRADE, WEBSOCKET }
+
+    /** Plain SPDY/3.1 on a connection upgraded by a POST (Upgrade: SPDY/3.1, X-Stream-Protocol-Version). */
+    static final class RawUpgrade implements SpdyPipe {
+        private final okio.Socket socket;
+        private final okio.BufferedSource in;
+        private final okio.BufferedSink out;
+
+        private RawUpgrade(okio.Socket socket) {
+            this.socket = socket;
+            this.in = okio.Okio.buffer(socket.getSource());
+            this.out = okio.Okio.buffer(socket.getSink());
+        }
+
+        static RawUpgrade open(OkHttpClient http, Request request) throws IOException {
+            OkHttpClient http1 = http.newBuilder().protocols(List.of(okhttp3.Protocol.HTTP_1_1)).build();
+            Response response = http1.newCall(request).execute();
+            if (response.code() != 101 || response.socket() == null) {
+                String body;
+                try (response) {
+                    body = response.body() != null ? response.body().string() : "";
+                }
+                throw new RawWebSocket.Refused(response.code(), body);
+            }
+            return new RawUpgrade(response.socket());
+        }
+
+        @Override
+        public int read(byte[] buffer) throws IOException {
+            return in.read(buffer, 0, buffer.length);
+        }
+
+        @Override
+        public synchronized void write(byte[] bytes, int offset, int length) throws IOException {
+            out.write(bytes, offset, length);
+            out.flush();
+        }
+
+        @Override
+        public void close() {
+            socket.cancel();
+        }
+
+        @Override
+        public void cancel() {
+            socket.cancel();
+        }
+    }
+
+    static final class RawWebSocket implements SpdyPipe {
         /** The server answered the upgrade with another status. */
         static final class Refused extends IOException {
             final int code;
@@ -1106,7 +1205,8 @@ final class Tunnel implements Closeable {
         }
 
         /** One masked binary frame. */
-        synchronized void sendBinary(byte[] bytes, int offset, int length) throws IOException {
+        @Override
+        public synchronized void write(byte[] bytes, int offset, int length) throws IOException {
             writeFrame(0x2, bytes, offset, length);
         }
 
@@ -1147,7 +1247,8 @@ final class Tunnel implements Closeable {
          * Reads payload bytes of the next data frames (message boundaries do not matter to a byte stream); answers
          * pings; -1 once the server closed.
          */
-        int read(byte[] buffer) throws IOException {
+        @Override
+        public int read(byte[] buffer) throws IOException {
             while (remaining == 0) {
                 int b0 = in.readByte() & 0xff;
                 int b1 = in.readByte() & 0xff;
@@ -1179,7 +1280,8 @@ final class Tunnel implements Closeable {
         }
 
         /** Sends a close frame once (best effort) and drops the connection. */
-        void close() {
+        @Override
+        public void close() {
             if (closing.compareAndSet(false, true)) {
                 try {
                     synchronized (this) {
@@ -1192,7 +1294,8 @@ final class Tunnel implements Closeable {
             cancel();
         }
 
-        void cancel() {
+        @Override
+        public void cancel() {
             socket.cancel();
         }
     }
@@ -1381,6 +1484,16 @@ final class Tunnel implements Closeable {
                 }
             }
         }
+    }
+
+    /** The SPDY upgrade request (a POST, as kubectl's SPDY dialer sends it) for pods/portforward. */
+    private Request spdyRequest() throws ApiException {
+        String path = "/api/v1/namespaces/" + kube.client.escapeString(kube.namespace) + "/pods/" + kube.client.escapeString(pod) + "/portforward";
+        Map<String, String> headers = new HashMap<>(Map.of("Connection", "Upgrade", "Upgrade", "SPDY/3.1",
+                "X-Stream-Protocol-Version", "portforward.k8s.io"));
+        Request request = kube.client.buildRequest(null, path, "POST", new ArrayList<>(), new ArrayList<>(), null,
+                headers, new HashMap<>(), new HashMap<>(), new String[] {"BearerToken"}, null);
+        return request.newBuilder().post(okhttp3.RequestBody.create(new byte[0])).build();
     }
 
     /** The upgrade request for a stream of this tunnel's pod. */
