@@ -274,6 +274,23 @@ class Connect implements Callable<Integer> {
         }
     }
 
+    /**
+     * Waits until the target runs. `dlv attach --continue` says it listens before its own client has resumed the
+     * target; a `dlv connect` in that window finds it halted, skips its halt and then blocks. debug.java calls this
+     * after attach; it returns the last state (halted when time ran out or another client holds it).
+     */
+    static Delve.State awaitRunning(InetSocketAddress address, Duration timeout) throws IOException, InterruptedException {
+        long deadline = System.nanoTime() + timeout.toNanos();
+        try (Delve delve = open(address, timeout)) {
+            Delve.State state = delve.state();
+            while (!state.running() && !state.exited() && System.nanoTime() < deadline) {
+                Thread.sleep(20);
+                state = delve.state();
+            }
+            return state;
+        }
+    }
+
     static String goVersion(String producer) {
         Matcher version = Pattern.compile("go\\d+(\\.\\d+)*").matcher(producer == null ? "" : producer);
         return version.find() ? version.group() : "";
@@ -302,7 +319,7 @@ class Connect implements Callable<Integer> {
 
     // ---- Reporting --------------------------------------------------------------------------------------------------
 
-    void print(Report report, PrintWriter out) {
+    static void print(Report report, PrintWriter out) {
         Delve.Version v = report.delve();
         out.printf("Delve %s (API %d) answers on %s; it supports Go %s to %s.%n", v.delveVersion(), v.apiVersion(), report.address(),
                 v.minGo(), v.maxGo());

@@ -314,6 +314,23 @@ class ConnectTest {
     }
 
     @Test
+    void exitDashCWithABreakpointSetClearsItSoThatNoLaterRequestHaltsTheTarget() throws Exception {
+        Target target = start(plain);
+        Path init = dir.resolve("init.dlv");
+        Files.writeString(init, "break main.greet\nexit -c\n"); // dlv asks whether to quit without clearing breakpoints
+        Process connect = connectProcess("--address", target.address(), "--client", "dlv", "--init", init.toString());
+        StringBuffer all = new StringBuffer();
+        lines(connect, all);
+        try (OutputStream stdin = connect.getOutputStream()) {
+            stdin.write("\n".getBytes(StandardCharsets.UTF_8)); // the default answer: quit and continue, breakpoints kept
+        }
+        assertTrue(connect.waitFor(60, TimeUnit.SECONDS), "dlv ends:\n" + all);
+        Thread.sleep(300);
+        assertTrue(all.toString().contains("cleared 1 breakpoint(s)"), all.toString());
+        assertServes(target); // a breakpoint left in main.greet would hold this request
+    }
+
+    @Test
     void endOfInputAtThePromptResumesTheTarget() throws Exception {
         Target target = start(plain);
         Process connect = connectProcess("--address", target.address(), "--client", "dlv");
