@@ -46,9 +46,9 @@ class TunnelCommand implements Callable<Integer> {
             description = "Local port to listen on; 0 picks a free one and prints it (default: ${DEFAULT-VALUE}).")
     int localPort;
 
-    @Option(names = "--remote-port", paramLabel = "PORT", defaultValue = "2345",
-            description = "Port Delve listens on inside the pod, on 127.0.0.1 (default: ${DEFAULT-VALUE}).")
-    int remotePort;
+    @Option(names = "--remote-port", paramLabel = "PORT",
+            description = "Port Delve listens on inside the pod, on 127.0.0.1 (default: the KDLV_PORT attach gave the container, else 2345).")
+    Integer remotePort;
 
     @Option(names = "--mode", paramLabel = "MODE", defaultValue = "port-forward",
             description = "port-forward (pods/portforward, needs nothing in the image) or exec (nc in the debugger container over "
@@ -76,7 +76,7 @@ class TunnelCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         Tunnel.Mode tunnelMode = parseMode();
         if (localPort < 0 || localPort > 65535) throw usage("--local-port must be 0-65535, not " + localPort);
-        if (remotePort < 1 || remotePort > 65535) throw usage("--remote-port must be 1-65535, not " + remotePort);
+        if (remotePort != null && (remotePort < 1 || remotePort > 65535)) throw usage("--remote-port must be 1-65535, not " + remotePort);
         if (output != null && !output.equals("json")) throw usage("-o supports only json, not '" + output + "'");
         PrintWriter out = spec.commandLine().getOut();
         PrintWriter err = spec.commandLine().getErr();
@@ -92,7 +92,7 @@ class TunnelCommand implements Callable<Integer> {
             err.flush();
         }
         Kube cluster = kube.kube();
-        Tunnel tunnel = Tunnel.open(cluster, pod, container, remotePort, new InetSocketAddress(bindAddress, localPort), tunnelMode,
+        Tunnel tunnel = Tunnel.open(cluster, pod, container, remotePort == null ? 0 : remotePort, new InetSocketAddress(bindAddress, localPort), tunnelMode,
                 line -> {
                     synchronized (err) {
                         err.println(line);
@@ -182,19 +182,20 @@ class TunnelCommand implements Callable<Integer> {
         if (namespace != null) kubectl.addAll(List.of("-n", namespace));
         String k = String.join(" ", kubectl);
         String debugger = container != null ? container : Tunnel.DEFAULT_CONTAINER;
+        int port = remotePort != null ? remotePort : Tunnel.DEFAULT_PORT;
         String local = address.contains(":") ? "[" + address + "]" : address;
         List<String> lines = new ArrayList<>();
         lines.add("# --dry-run: nothing was changed. The manual steps for --mode " + tunnelMode + ":");
         lines.add("# 1. check the debugger container runs (state 'running'):");
         lines.add(k + " get pod " + pod + " -o jsonpath='{.status.ephemeralContainerStatuses[?(@.name==\"" + debugger + "\")].state}'");
         lines.add("# 2. check you may open the stream:");
-        lines.add(k + " auth can-i get pods/" + tunnelMode.subresource + "   # a WebSocket upgrade is a GET; SPDY clients need create");
+        lines.add(k + " auth can-i create pods/" + tunnelMode.subresource);
         if (tunnelMode == Tunnel.Mode.PORT_FORWARD) {
-            lines.add("# 3. forward the port (kubectl dials 127.0.0.1:" + remotePort + " in the pod's network namespace):");
-            lines.add(k + " port-forward --address " + address + " pod/" + pod + " " + (localPort == 0 ? "" : localPort) + ":" + remotePort);
+            lines.add("# 3. forward the port (kubectl dials 127.0.0.1:" + port + " in the pod's network namespace):");
+            lines.add(k + " port-forward --address " + address + " pod/" + pod + " " + (localPort == 0 ? "" : localPort) + ":" + port);
         } else {
             lines.add("# 3. the article's plumbing: one kubectl exec + nc per connection (tcpserver is in Debian's ucspi-tcp):");
-            lines.add("tcpserver " + address + " " + localPort + " " + k + " exec -i -c " + debugger + " " + pod + " -- nc 127.0.0.1 " + remotePort);
+            lines.add("tcpserver " + address + " " + localPort + " " + k + " exec -i -c " + debugger + " " + pod + " -- nc 127.0.0.1 " + port);
         }
         lines.add("# 4. connect:");
         lines.add("dlv connect " + local + ":" + (localPort == 0 ? "PORT" : localPort));

@@ -283,6 +283,22 @@ class TunnelTest {
         }
     }
 
+    @Test
+    void withoutDashCItPicksTheNewestRunningDebuggerOfAttachAndItsPort() throws Exception {
+        api.podJson = FakeKubeApi.pod("running")
+                .replace("\"ephemeralContainers\":[{\"name\":\"debugger\",\"image\":\"dbg\"}]",
+                        "\"ephemeralContainers\":[{\"name\":\"kdlv-debugger-aaaaa\",\"image\":\"dbg\"},"
+                                + "{\"name\":\"kdlv-debugger-bbbbb\",\"image\":\"dbg\",\"env\":[{\"name\":\"KDLV_PORT\",\"value\":\"40000\"}]},"
+                                + "{\"name\":\"kdlv-debugger-ccccc\",\"image\":\"dbg\"}]")
+                .replace("\"ephemeralContainerStatuses\":[{\"name\":\"debugger\"", "\"ephemeralContainerStatuses\":[{\"name\":\"kdlv-debugger-bbbbb\"");
+        try (Running tunnel = new Running("web", "--kubeconfig", kubeconfig.toString(), "--local-port", "0", "-o", "json")) {
+            tunnel.port();
+            assertTrue(tunnel.out().contains("\"container\":\"kdlv-debugger-bbbbb\""), tunnel.toString()); // the others do not run
+            assertTrue(tunnel.out().contains("\"remotePort\":40000"), tunnel.toString());
+            assertEquals(130, tunnel.stop());
+        }
+    }
+
     /** The library API debug.java uses; and nothing of it is left once closed. */
     @Test
     void libraryApiLeavesNoThreadsOrFilesBehind() throws Exception {

@@ -87,6 +87,23 @@ final class Tunnel implements Closeable {
     /** Default name of the debugger container, as in the article (`kubectl debug -c debugger`). */
     static final String DEFAULT_CONTAINER = "debugger";
     static final int DEFAULT_PORT = 2345;
+    /** attach names its debugger containers kdlv-debugger-xxxxx and records Delve's port in their env KDLV_PORT. */
+    static final String ATTACH_PREFIX = "kdlv-debugger-";
+
+    /** Delve's port for a debugger container: its KDLV_PORT (set by attach), else 2345. */
+    static int defaultPort(V1Pod pod, String container) {
+        if (pod.getSpec().getEphemeralContainers() != null) {
+            for (V1EphemeralContainer c : pod.getSpec().getEphemeralContainers()) {
+                if (!container.equals(c.getName()) || c.getEnv() == null) continue;
+                for (var env : c.getEnv()) {
+                    if ("KDLV_PORT".equals(env.getName()) && env.getValue() != null && env.getValue().matches("\\d{1,5}")) {
+                        return Integer.parseInt(env.getValue());
+                    }
+                }
+            }
+        }
+        return DEFAULT_PORT;
+    }
 
     private static final int CHUNK = 32 * 1024;
     /** Bytes queued in OkHttp's WebSocket writer before the reading side waits (OkHttp fails a socket at 16 MiB). */
@@ -150,7 +167,9 @@ final class Tunnel implements Closeable {
      * Binds {@code local} (port 0 picks a free one), checks that {@code container} of {@code pod} runs and that this
      * user may open the streams, then accepts connections until closed or until the debugger goes away.
      *
-     * @param container the debugger container, or null for "debugger" or else the newest running ephemeral container
+     * @param container  the debugger container, or null for "debugger", else the newest running one attach made
+     *                   (kdlv-debugger-*), else the newest running ephemeral container
+     * @param remotePort Delve's port on the pod's loopback, or 0 for the container's KDLV_PORT (attach sets it), else 2345
      * @param log       receives one line per event worth telling (lost API server, failed stream); with
      *                  {@code verbose} also one per connection opened and closed
      * @throws ExitException with ExitCode LOCAL_PORT, NOT_FOUND, STATE, FORBIDDEN or UNREACHABLE, one line each
@@ -164,7 +183,8 @@ final class Tunnel implements Closeable {
             String debugger = pickContainer(target, container);
             checkRunning(target, debugger);
             checkAllowed(kube, pod, mode);
-            Tunnel tunnel = new Tunnel(kube, pod, debugger, remotePort, mode, log, verbose, target.getMetadata().getUid(), server);
+            int port = remotePort > 0 ? remotePort : defaultPort(target, debugger);
+            Tunnel tunnel = new Tunnel(kube, pod, debugger, port, mode, log, verbose, target.getMetadata().getUid(), server);
             try {
                 tunnel.start(target);
             } catch (RuntimeException e) {
@@ -317,8 +337,12 @@ final class Tunnel implements Closeable {
             throw new ExitException(ExitCode.NOT_FOUND, "pod " + podName + " has no debugger container (no ephemeral containers); "
                     + "start Delve with attach first, or pass -c CONTAINER");
         }
-        for (int i = ephemeral.size() - 1; i >= 0; i--) {
-            if (state(pod, ephemeral.get(i)).map(s -> s.getRunning() != null).orElse(false)) return ephemeral.get(i);
+        for (String prefix : List.of(ATTACH_PREFIX, "")) { // attach's debuggers first, newest first
+            for (int i = ephemeral.size() - 1; i >= 0; i--) {
+                if (ephemeral.get(i).startsWith(prefix) && state(pod, ephemeral.get(i)).map(s -> s.getRunning() != null).orElse(false)) {
+                    return ephemeral.get(i);
+                }
+            }
         }
         return ephemeral.get(ephemeral.size() - 1); // none runs: checkRunning says why
     }
