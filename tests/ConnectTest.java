@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.fail;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStreamReader;
@@ -264,6 +265,124 @@ class ConnectTest {
         assertEquals(remoteRoot, ours.at("/substitutePath/0/to").asText());
         ConnectFilesTest.assertGolandFile(checkout.resolve(".run/demo.run.xml"), "demo", hostPort[0], Integer.parseInt(hostPort[1]));
         assertServes(target);
+    }
+
+    /**
+     * The written VS Code configuration, used as the Go extension uses it: DAP on Delve's port (`"mode": "remote"`),
+     * its substitutePath passed in attach. A breakpoint on the checkout's file binds in the binary built elsewhere,
+     * the stop comes back with the checkout's path, and a local variable evaluates.
+     */
+    @Test
+    void theVscodeConfigurationWorksOverDapWithItsSubstitutePath() throws Exception {
+        Target target = start(plain);
+        Path checkout = dir.resolve("checkout");
+        copy(TestTools.repoRoot().resolve("tests/fixtures/demo-service"), checkout);
+        TestTools.Result result = TestTools.run(new Connect(), "--address", target.address(), "--ide", "vscode",
+                "--project", checkout.toString(), "--local-root", checkout.toString());
+        assertEquals(0, result.status(), result.toString());
+        JsonNode configuration = JSON.readTree(checkout.resolve(".vscode/launch.json").toFile()).at("/configurations/0");
+        ObjectNode attach = configuration.deepCopy();
+        for (JsonNode entry : attach.withArray("substitutePath")) {
+            ((ObjectNode) entry).put("from", entry.path("from").asText().replace("${workspaceFolder}", checkout.toString()));
+        }
+        Path local = checkout.resolve("main.go");
+        int line = lineOf(local, "greeting := fmt.Sprintf");
+        try (Dap dap = new Dap(configuration.path("host").asText(), configuration.path("port").asInt())) {
+            dap.request("initialize", JSON.createObjectNode().put("clientID", "kdlv-test").put("adapterID", "go")
+                    .put("pathFormat", "path").put("linesStartAt1", true).put("columnsStartAt1", true));
+            assertTrue(dap.request("attach", attach).path("success").asBoolean(), "attach");
+            ObjectNode breakpoints = JSON.createObjectNode();
+            breakpoints.putObject("source").put("path", local.toString());
+            breakpoints.putArray("breakpoints").addObject().put("line", line);
+            JsonNode set = dap.request("setBreakpoints", breakpoints);
+            assertTrue(set.at("/body/breakpoints/0/verified").asBoolean(), "the breakpoint on the checkout's file binds: " + set);
+            dap.request("configurationDone", JSON.createObjectNode());
+            CompletableFuture<Optional<String>> request = CompletableFuture.supplyAsync(
+                    () -> get(target.httpPort(), "/hello?name=dap-test", Duration.ofSeconds(60)));
+            JsonNode stopped = dap.event("stopped");
+            int thread = stopped.at("/body/threadId").asInt();
+            JsonNode frame = dap.request("stackTrace", JSON.createObjectNode().put("threadId", thread).put("levels", 1))
+                    .at("/body/stackFrames/0");
+            assertEquals(local.toString(), frame.at("/source/path").asText(), "the stop maps back to the checkout: " + frame);
+            assertEquals(line, frame.path("line").asInt());
+            JsonNode name = dap.request("evaluate", JSON.createObjectNode().put("expression", "name")
+                    .put("frameId", frame.path("id").asInt()).put("context", "repl"));
+            assertEquals("\"dap-test\"", name.at("/body/result").asText(), name.toString());
+            breakpoints.putArray("breakpoints");
+            dap.request("setBreakpoints", breakpoints);
+            dap.request("continue", JSON.createObjectNode().put("threadId", thread));
+            dap.request("disconnect", JSON.createObjectNode().put("terminateDebuggee", false));
+            Optional<String> answer = request.get(10, TimeUnit.SECONDS);
+            assertTrue(answer.isPresent() && answer.get().contains("Hello, dap-test!"), "the held request completes: " + answer);
+        }
+        assertServes(target);
+    }
+
+    static int lineOf(Path file, String text) throws IOException {
+        List<String> lines = Files.readAllLines(file);
+        for (int i = 0; i < lines.size(); i++) if (lines.get(i).contains(text)) return i + 1;
+        throw new AssertionError(text + " not in " + file);
+    }
+
+    /** The least of a Debug Adapter Protocol client: Content-Length framed JSON over TCP, as VS Code speaks to dlv-dap. */
+    static final class Dap implements AutoCloseable {
+        final java.net.Socket socket;
+        final java.io.InputStream in;
+        int seq;
+
+        Dap(String host, int port) throws IOException {
+            socket = new java.net.Socket(host, port);
+            socket.setSoTimeout(60_000);
+            in = new java.io.BufferedInputStream(socket.getInputStream());
+        }
+
+        JsonNode request(String command, ObjectNode arguments) throws IOException {
+            ObjectNode message = JSON.createObjectNode().put("seq", ++seq).put("type", "request").put("command", command);
+            message.set("arguments", arguments);
+            byte[] body = JSON.writeValueAsBytes(message);
+            OutputStream out = socket.getOutputStream();
+            out.write(("Content-Length: " + body.length + "\r\n\r\n").getBytes(StandardCharsets.US_ASCII));
+            out.write(body);
+            out.flush();
+            int id = seq;
+            while (true) {
+                JsonNode answer = read();
+                if (answer.path("type").asText().equals("response") && answer.path("request_seq").asInt() == id) {
+                    assertTrue(answer.path("success").asBoolean(), command + " failed: " + answer);
+                    return answer;
+                }
+            }
+        }
+
+        JsonNode event(String name) throws IOException {
+            while (true) {
+                JsonNode message = read();
+                if (message.path("type").asText().equals("event") && message.path("event").asText().equals(name)) return message;
+            }
+        }
+
+        JsonNode read() throws IOException {
+            int length = -1;
+            StringBuilder header = new StringBuilder();
+            while (true) {
+                int c = in.read();
+                if (c < 0) throw new IOException("the DAP server closed the connection");
+                if (c == '\n') {
+                    String line = header.toString().strip();
+                    header.setLength(0);
+                    if (line.isEmpty()) break;
+                    if (line.toLowerCase().startsWith("content-length:")) length = Integer.parseInt(line.substring(15).strip());
+                } else {
+                    header.append((char) c);
+                }
+            }
+            return JSON.readTree(in.readNBytes(length));
+        }
+
+        @Override
+        public void close() throws IOException {
+            socket.close();
+        }
     }
 
     @Test
