@@ -744,11 +744,8 @@ class ConnectDetach implements Callable<Integer> {
         String where = address.getHostString() + ":" + address.getPort();
         Delve delve = Connect.open(address, timeout);
         try {
-            Delve.State state = delve.state();
-            if (state.exited()) throw new ExitException(ExitCode.STATE, "the target behind " + where + " has exited: nothing to detach from");
-            if (state.running()) state = delve.halt();
-            delve.call("Detach", Delve.params().put("Kill", false));
-            return state.pid();
+            if (delve.state().exited()) throw new ExitException(ExitCode.STATE, "the target behind " + where + " has exited: nothing to detach from");
+            return delve.detachSafely().pid();
         } catch (IOException e) {
             throw Connect.notDelve(where, timeout, e);
         } finally {

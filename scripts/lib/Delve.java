@@ -96,8 +96,9 @@ final class Delve implements Closeable {
     }
 
     /**
-     * Lets the target run on. Delve answers `continue` only when the target stops again, and drops it if the connection
-     * closes before the target runs (dlv's own `exit -c` has that race): so this waits until State says it runs.
+     * Lets the target run on. Delve answers `continue` only when the target stops again, and drops it when the connection
+     * closes before the target runs (seen here with a client that closed right after sending it): so this waits until
+     * State says it runs.
      */
     void resume() throws IOException {
         send("Command", params().put("name", "continue"));
@@ -117,13 +118,15 @@ final class Delve implements Closeable {
 
     /**
      * Ends the debugger and leaves the target running and untraced: halt (Detach hangs while the target runs),
-     * then Detach with Kill=false. The headless Delve exits afterwards.
+     * then Detach with Kill=false. The headless Delve exits afterwards. Returns the state the target was detached in
+     * (its pid); throws when it has exited.
      */
-    void detachSafely() throws IOException {
+    State detachSafely() throws IOException {
         State state = state();
         if (state.exited()) throw new IOException("the target has exited; there is nothing to detach from");
-        if (state.running()) halt();
+        if (state.running()) state = halt();
         call("Detach", params().put("Kill", false));
+        return state;
     }
 
     /** The source files of the target's binary whose path matches the regular expression (all with ""). */
