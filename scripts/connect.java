@@ -95,10 +95,13 @@ class Connect implements Callable<Integer> {
     Duration timeout;
 
     @Option(names = "--client", paramLabel = "dlv",
-            description = "Start `dlv connect` (from PATH or ${KDLV_CACHE:-~/.cache/kdlv}/bin) through a guard: quitting it, "
-                    + "whatever the answers to its kill questions, clears the breakpoints it set, resumes the target and "
-                    + "leaves Delve running.")
+            description = "Start `dlv connect` (from PATH or $KDLV_CACHE/bin) through a guard that never lets it kill the target: "
+                    + "quitting with \"kill the headless instance? Y\" (the default) ends Delve and leaves the target running, "
+                    + "untraced; with n (or exit -c, Ctrl-D) it clears the session's breakpoints, resumes the target and leaves Delve running.")
     String client;
+
+    @Option(names = "--keep-delve", description = "With --client dlv: every quit leaves Delve running (as if you answered n).")
+    boolean keepDelve;
 
     @Option(names = "--init", paramLabel = "FILE", description = "With --client dlv: a dlv command file to run first (dlv connect --init).")
     Path init;
@@ -183,7 +186,7 @@ class Connect implements Callable<Integer> {
             print(report, out);
         }
         out.flush();
-        if (dlv != null) return runDlv(dlv, delveAddress, timeout, init, report.mapping(), keepBreakpoints, out);
+        if (dlv != null) return runDlv(dlv, delveAddress, timeout, init, report.mapping(), keepBreakpoints, keepDelve, out);
         return ExitCode.OK;
     }
 
@@ -606,16 +609,16 @@ class Connect implements Callable<Integer> {
      * Delve running. Ctrl-C belongs to dlv (it halts the target) while it runs. Returns dlv's exit status.
      */
     static int runDlv(Path dlv, InetSocketAddress delve, Duration timeout, Path init, Optional<SourceMapping> mapping,
-                      boolean keepBreakpoints, PrintWriter out) throws IOException, InterruptedException {
-        try (QuitGuard guard = new QuitGuard(delve, timeout, keepBreakpoints, out)) {
+                      boolean keepBreakpoints, boolean keepDelve, PrintWriter out) throws IOException, InterruptedException {
+        try (QuitGuard guard = new QuitGuard(delve, timeout, keepBreakpoints, keepDelve)) {
             InetSocketAddress local = guard.start();
             List<String> command = new ArrayList<>(List.of(dlv.toString(), "connect", local.getAddress().getHostAddress() + ":" + local.getPort()));
             Path initFile = initFile(init, mapping);
             if (initFile != null) command.addAll(List.of("--init", initFile.toString()));
             out.println("kdlv: starting " + String.join(" ", command.subList(0, 3)) + " (a guard in front of " + delve.getHostString()
-                    + ":" + delve.getPort() + "). Quitting never kills the target: whatever you answer, kdlv "
-                    + (keepBreakpoints ? "" : "clears this session's breakpoints, ") + "resumes it and leaves Delve running;"
-                    + " `connect detach` ends Delve.");
+                    + ":" + delve.getPort() + "). Quitting never kills the target: "
+                    + (keepDelve ? "" : "\"kill the headless instance? Y\" ends Delve and leaves the target running, untraced; otherwise ")
+                    + "kdlv " + (keepBreakpoints ? "" : "clears this session's breakpoints, ") + "resumes the target and leaves Delve running.");
             out.flush();
             Process process = new ProcessBuilder(command).inheritIO().start();
             Object previous = ignoreInterrupts();
@@ -865,27 +868,28 @@ record SourceMapping(String from, String to, String how) {
 }
 
 /**
- * A local JSON-RPC relay in front of Delve for `dlv connect`: passes everything through, except that the client's
- * `RPCServer.Detach` (what dlv sends when you quit and accept "kill the headless instance?", with Kill=true when you
- * accept "kill the process?") is answered here and never reaches Delve. When a client's connection ends, for whatever
- * reason, the guard clears the breakpoints that client created (unless kept) and resumes the target, as `exit -c`
- * would; Delve keeps running for the next session.
+ * A local JSON-RPC relay in front of Delve for `dlv connect`: passes everything through except the client's
+ * `RPCServer.Detach`, which dlv sends when you quit and answer Y to "kill the headless instance?", with Kill=true when
+ * you also answer Y to "kill the process?". The guard answers it itself, and when the client's connection ends:
+ * after a Detach it detaches safely (halt, Detach Kill=false: Delve exits, the target runs on untraced), unless
+ * keepDelve; otherwise (answer n, exit -c, EOF, dlv killed) it clears the breakpoints that client created (unless
+ * keepBreakpoints) and resumes the target, and Delve keeps running for the next session.
  */
 final class QuitGuard implements Closeable {
     private static final ObjectMapper JSON = new ObjectMapper();
     private final InetSocketAddress delve;
     private final Duration timeout;
     private final boolean keepBreakpoints;
-    private final PrintWriter log;
+    private final boolean keepDelve;
     private final List<Thread> sessions = new CopyOnWriteArrayList<>();
     private final List<String> outcomes = new CopyOnWriteArrayList<>();
     private ServerSocket server;
 
-    QuitGuard(InetSocketAddress delve, Duration timeout, boolean keepBreakpoints, PrintWriter log) {
+    QuitGuard(InetSocketAddress delve, Duration timeout, boolean keepBreakpoints, boolean keepDelve) {
         this.delve = delve;
         this.timeout = timeout;
         this.keepBreakpoints = keepBreakpoints;
-        this.log = log;
+        this.keepDelve = keepDelve;
     }
 
     /** Listens on a free loopback port and returns it; dlv connects there. */
@@ -915,6 +919,7 @@ final class QuitGuard implements Closeable {
         Set<String> createRequests = ConcurrentHashMap.newKeySet();
         Set<Integer> created = ConcurrentHashMap.newKeySet();
         boolean detachAsked = false;
+        boolean killAsked = false;
         try (client; Socket upstream = new Socket()) {
             upstream.connect(delve, (int) timeout.toMillis());
             OutputStream toClient = client.getOutputStream();
@@ -928,6 +933,7 @@ final class QuitGuard implements Closeable {
                 String method = request.path("method").asText("");
                 if (method.equals("RPCServer.Detach")) {
                     detachAsked = true;
+                    killAsked = request.path("params").path(0).path("Kill").asBoolean();
                     ObjectNode answer = JSON.createObjectNode();
                     answer.set("id", request.get("id"));
                     answer.putObject("result");
@@ -947,7 +953,7 @@ final class QuitGuard implements Closeable {
         } catch (IOException e) {
             // the client or Delve went away: end the session safely all the same
         }
-        outcomes.add(endSafely(created, detachAsked));
+        outcomes.add(detachAsked && !keepDelve ? detach(killAsked) : endSafely(created, detachAsked, killAsked));
     }
 
     private void relayAnswers(Socket upstream, OutputStream toClient, Set<String> createRequests, Set<Integer> created) {
@@ -974,9 +980,26 @@ final class QuitGuard implements Closeable {
         return JSON.readTree(parser);
     }
 
+    /** What dlv asked for at quit: Detach, with Kill=true or false. */
+    private static String asked(boolean killAsked) {
+        return "dlv asked to end Delve" + (killAsked ? " and kill the target: refused the kill. " : ". ");
+    }
+
+    /** Halt, then Detach with Kill=false: Delve exits, the target keeps running, untraced; says what it did. */
+    private String detach(boolean killAsked) {
+        try (Delve control = Delve.connect(delve, (int) timeout.toMillis())) {
+            if (control.state().exited()) return asked(killAsked) + "The target has exited.";
+            Delve.State detached = control.detachSafely();
+            return asked(killAsked) + "Detached: Delve ended, the target (PID " + detached.pid() + ") keeps running, untraced.";
+        } catch (IOException e) {
+            return asked(killAsked) + "Could not detach (" + e.getMessage() + "): check with `connect --address "
+                    + delve.getHostString() + ":" + delve.getPort() + "`.";
+        }
+    }
+
     /** Clears the session's breakpoints (halting a running target for it) and resumes the target; says what it did. */
-    private String endSafely(Set<Integer> created, boolean detachAsked) {
-        String asked = detachAsked ? "dlv asked to detach/kill; refused. " : "";
+    private String endSafely(Set<Integer> created, boolean detachAsked, boolean killAsked) {
+        String asked = detachAsked ? asked(killAsked) + "Kept Delve (--keep-delve): " : "";
         try (Delve control = Delve.connect(delve, (int) timeout.toMillis())) {
             Delve.State state = control.state();
             if (state.exited()) return asked + "the target has exited.";

@@ -386,7 +386,7 @@ class ConnectTest {
     }
 
     @Test
-    void dlvClientHitsABreakpointPrintsALocalAndQuitsWithTheDefaultAnswersLeavingTheServiceServing() throws Exception {
+    void dlvClientHitsABreakpointPrintsALocalAndQuitsWithTheDefaultAnswersLeavingTheServiceServingUntraced() throws Exception {
         Target target = start(plain);
         Path init = dir.resolve("init.dlv");
         Files.writeString(init, "break main.greet\ncontinue\nprint name\nprint count\n");
@@ -406,13 +406,12 @@ class ConnectTest {
         Thread.sleep(300); // the reader catches up with the last lines
         assertEquals(0, connect.exitValue(), all.toString());
         assertTrue(all.toString().contains("kill the process?"), "dlv asked its question:\n" + all);
-        assertTrue(all.toString().contains("cleared 1 breakpoint(s)"), all.toString());
+        assertTrue(all.toString().contains("refused the kill") && all.toString().contains("Detached"), all.toString());
         Optional<String> answer = request.get(10, TimeUnit.SECONDS);
         assertTrue(answer.isPresent() && answer.get().contains("Hello, kdlv-test!"), "the held request completes: " + answer);
-        assertServes(target); // would hang on a breakpoint left behind
-        assertTrue(target.delve().isAlive(), "Delve keeps running for the next session");
-        TestTools.Result after = TestTools.run(new Connect(), "--address", target.address());
-        assertTrue(after.out().contains("target: running"), after.toString());
+        assertTrue(target.delve().waitFor(10, TimeUnit.SECONDS), "Delve ended, as \"kill the headless instance? Y\" asked");
+        assertEquals("0", tracerPid(target.pid()), "TracerPid: 0");
+        assertServes(target);
     }
 
     @Test
@@ -427,9 +426,29 @@ class ConnectTest {
         }
         assertTrue(connect.waitFor(30, TimeUnit.SECONDS), "dlv ends:\n" + all);
         Thread.sleep(300); // the reader catches up with the last lines
-        assertTrue(all.toString().contains("resumed the target"), all.toString());
+        assertTrue(all.toString().contains("Detached"), all.toString());
+        assertTrue(target.delve().waitFor(10, TimeUnit.SECONDS), "Delve ended");
+        assertEquals("0", tracerPid(target.pid()), "TracerPid: 0");
         assertServes(target);
-        assertTrue(target.delve().isAlive(), "Delve keeps running");
+    }
+
+    @Test
+    void answeringNoToEndingDelveResumesTheTargetAndKeepsDelve() throws Exception {
+        Target target = start(plain);
+        Process connect = connectProcess("--address", target.address(), "--client", "dlv");
+        StringBuffer all = new StringBuffer();
+        LinkedBlockingQueue<String> lines = lines(connect, all);
+        await(lines, Pattern.compile("Type 'help'"), Duration.ofSeconds(60), all);
+        try (OutputStream stdin = connect.getOutputStream()) {
+            stdin.write("quit\nn\n".getBytes(StandardCharsets.UTF_8)); // "kill the headless instance? n"
+        }
+        assertTrue(connect.waitFor(30, TimeUnit.SECONDS), "dlv ends:\n" + all);
+        Thread.sleep(300);
+        assertTrue(all.toString().contains("resumed the target"), all.toString());
+        assertServes(target); // dlv connect halted it; left like that it would not answer
+        assertTrue(target.delve().isAlive(), "Delve keeps running for the next session");
+        TestTools.Result after = TestTools.run(new Connect(), "--address", target.address());
+        assertTrue(after.out().contains("target: running"), after.toString());
     }
 
     @Test
