@@ -73,7 +73,7 @@ import picocli.CommandLine.Spec;
                         + "without --remote-root, which halts it for a few milliseconds to read its source paths)."},
         footer = {"", "Examples:",
                 "  connect                      does Delve answer? where is the target?",
-                "  connect --client dlv         dlv connect; quitting resumes, never kills",
+                "  connect --client dlv         dlv connect that can never kill the target",
                 "  connect --ide vscode,goland  IDE files with substitutePath computed",
                 "  connect detach               end Delve; the target runs on, untraced",
                 "  connect --dry-run --ide vscode   the manual steps, change nothing"},
