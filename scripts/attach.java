@@ -125,10 +125,16 @@ class Attach implements Callable<Integer> {
 
     /** What attach did, for the summary and for -o json. */
     record Attached(String namespace, String pod, String container, String debugger, Integer pid, int port,
-                    String goVersion, String image, boolean reused) {}
+                    String goVersion, String image, boolean reused, Optional<Integer> livenessBudget) {}
 
     @Override
     public Integer call() throws Exception {
+        Attached attached = attach();
+        return attached == null ? ExitCode.OK : report(attached);
+    }
+
+    /** Attaches (or finds the debugger to reuse) and says what it did; null after --dry-run. debug.java calls this. */
+    Attached attach() throws Exception {
         if (output != null && !output.equals("json")) throw new ExitException(ExitCode.USAGE, "unknown output format '" + output + "'; the only one is -o json");
         if (port < 1 || port > 65535) throw new ExitException(ExitCode.USAGE, "--port " + port + " is not a TCP port; use 1-65535");
         Kube kube = kubeOptions.kube();
@@ -148,8 +154,8 @@ class Attach implements Callable<Integer> {
             if (delveAnswers(kube, podName, debuggerPort)) {
                 Found found = foundInLog(core, kube.namespace, podName, debugger);
                 progress("reusing debugger %s: its Delve still answers on 127.0.0.1:%d in the pod", debugger, debuggerPort);
-                return report(new Attached(kube.namespace, podName, app.getName(), debugger, found.pid, debuggerPort,
-                        found.goVersion, ours.get().getImage(), true), app);
+                return new Attached(kube.namespace, podName, app.getName(), debugger, found.pid, debuggerPort,
+                        found.goVersion, ours.get().getImage(), true, livenessBudget(app));
             }
             throw new ExitException(ExitCode.DEBUGGER_FAILED, "debugger " + debugger + " still runs in pod " + podName
                     + " but its Delve does not answer on 127.0.0.1:" + debuggerPort + " through a port-forward, and a second Delve cannot"
@@ -166,7 +172,7 @@ class Attach implements Callable<Integer> {
 
         if (dryRun) {
             printManualSteps(kube, podName, app.getName(), container, patch);
-            return ExitCode.OK;
+            return null;
         }
 
         // 4. Pre-flight: everything that can refuse us, asked before anything changes.
@@ -179,7 +185,7 @@ class Attach implements Callable<Integer> {
         try {
             applyPatch(kube, core, podName, patch);
             Found found = waitForDelve(kube, core, podName, debugger);
-            return report(new Attached(kube.namespace, podName, app.getName(), debugger, found.pid, port, found.goVersion, image, false), app);
+            return new Attached(kube.namespace, podName, app.getName(), debugger, found.pid, port, found.goVersion, image, false, livenessBudget(app));
         } finally {
             Runtime.getRuntime().removeShutdownHook(interrupted);
         }
@@ -630,7 +636,7 @@ class Attach implements Callable<Integer> {
 
     // ---- the result ---------------------------------------------------------------------------------------------
 
-    int report(Attached attached, V1Container app) throws Exception {
+    int report(Attached attached) throws Exception {
         PrintWriter out = spec.commandLine().getOut();
         if ("json".equals(output)) {
             Map<String, Object> json = new LinkedHashMap<>();
@@ -646,8 +652,8 @@ class Attach implements Callable<Integer> {
             out.println(new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT).writeValueAsString(json));
             return ExitCode.OK;
         }
-        livenessBudget(app).ifPresent(seconds -> progress(Cli.yellow(String.format(
-                "container %s has a liveness probe: a breakpoint may hold the process about %d s before the kubelet restarts it", app.getName(), seconds))));
+        attached.livenessBudget().ifPresent(seconds -> progress(Cli.yellow(String.format(
+                "container %s has a liveness probe: a breakpoint may hold the process about %d s before the kubelet restarts it", attached.container(), seconds))));
         out.printf("Delve %s PID %s (%s) of %s/%s, container %s: debugger %s listens on 127.0.0.1:%d in the pod.%n",
                 attached.reused() ? "is already attached to" : "attached to", attached.pid() == null ? "?" : attached.pid(),
                 attached.goVersion() == null ? "Go version unknown" : attached.goVersion(), attached.namespace(), attached.pod(),

@@ -55,7 +55,8 @@ class CatalogTest {
             List<String> header = Files.readAllLines(root.resolve("scripts/" + name + ".java")).stream().limit(4).toList();
             assertEquals(List.of("///usr/bin/env jbang \"$0\" \"$@\" ; exit $?", "//JAVA 17+", "//SOURCES lib/*.java"),
                     header.subList(0, 3), name + ".java header");
-            assertTrue(header.get(3).startsWith("//DESCRIPTION "), name + ".java header");
+            assertTrue(header.get(3).startsWith("//DESCRIPTION ") || header.get(3).startsWith("//FILES "), name + ".java header");
+            assertTrue(directive(root.resolve("scripts/" + name + ".java"), "DESCRIPTION").isPresent(), name + ".java has a //DESCRIPTION");
         }
     }
 

@@ -1,0 +1,139 @@
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestInstance;
+import org.junit.jupiter.api.extension.ExtendWith;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * debug end to end on the real local cluster, as a user runs it: the script in its own process, a real
+ * `dlv connect --init FILE` through its tunnel hitting a breakpoint on an HTTP request, then Ctrl-C (SIGINT)
+ * detaching and leaving the service running, untraced.
+ */
+@Tag("cluster")
+@ExtendWith(ClusterExtension.class)
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+class DebugTest {
+    static final Pattern LISTENS = Pattern.compile("listens on 127\\.0\\.0\\.1:(\\d+)");
+    Cluster cluster;
+    String namespace;
+    String image;
+    @TempDir Path project;
+
+    @BeforeAll
+    void setUp(Cluster cluster) throws IOException {
+        this.cluster = cluster;
+        this.image = DebugImage.loadInto(cluster);
+        this.namespace = cluster.createNamespace("debug");
+    }
+
+    @AfterAll
+    void tearDown() {
+        if (namespace != null) cluster.deleteNamespace(namespace);
+    }
+
+    @Test
+    void breakpointThroughTheTunnelThenDetachOnInterrupt() throws Exception {
+        String pod = cluster.deploy(namespace, "demo-service.yaml", "demo-service", Duration.ofSeconds(90));
+        Path dlv = TestTools.dlv().orElseThrow();
+        try (AttachTest.Service service = AttachTest.Service.watch(cluster, namespace, pod)) {
+            ProcessBuilder builder = new ProcessBuilder(cluster.repoRoot().resolve("jbang").toString(), "scripts/debug.java",
+                    "-n", namespace, "deploy/demo-service", "--image", image, "--local-port", "0", "--ide", "vscode", "--project", project.toString())
+                    .directory(cluster.repoRoot().toFile());
+            builder.environment().putAll(cluster.env());
+            builder.environment().put("NO_COLOR", "1");
+            Process debug = builder.start();
+            StringBuilder errors = new StringBuilder();
+            Thread errPump = pump(debug.getErrorStream(), errors);
+            try {
+                int port = localPort(debug, errors);
+
+                // A real dlv client through the tunnel: break in the handler, print a local, resume, quit safely.
+                Path init = project.resolve("init.dlv");
+                Files.writeString(init, "break main.greet\ncondition 1 name == \"breakpoint-test\"\ncontinue\nprint name\nclearall\nexit -c\n");
+                CompletableFuture<String> request = CompletableFuture.supplyAsync(() -> {
+                    try {
+                        Thread.sleep(3000); // dlv sets the breakpoint first
+                        return service.get("/hello?name=breakpoint-test");
+                    } catch (Exception e) {
+                        return e.toString();
+                    }
+                });
+                Cluster.Result session = Cluster.run(List.of(dlv.toString(), "connect", "127.0.0.1:" + port, "--init", init.toString()),
+                        null, Duration.ofSeconds(60), Map.of());
+                assertEquals(0, session.exitCode(), session.toString());
+                assertTrue(session.stdout().contains("\"breakpoint-test\""), "the local variable, printed at the breakpoint:\n" + session);
+                assertTrue(request.get(30, TimeUnit.SECONDS).contains("Hello, breakpoint-test!"), "the request completed after the resume");
+                assertTrue(Files.readString(project.resolve(".vscode/launch.json")).contains("\"port\": " + port), "launch.json names the tunnel");
+
+                // Ctrl-C: detach, the debugger container ends, the target runs on untraced.
+                // Ctrl-C is SIGINT to the process (Process.destroy() would also close our end of its stderr).
+                Cluster.Result interrupt = Cluster.run(List.of("kill", "-INT", Long.toString(debug.pid())), null, Duration.ofSeconds(10), Map.of());
+                assertEquals(0, interrupt.exitCode(), interrupt.toString());
+                assertTrue(debug.waitFor(60, TimeUnit.SECONDS), "debug ended within a minute of the signal");
+                errPump.join(5000);
+                assertTrue(errors.toString().contains("detached: PID 1 of " + pod + " runs on, untraced"),
+                        "exit " + debug.exitValue() + ", stderr:\n" + errors);
+                String states = cluster.kubectl("get", "pod", "-n", namespace, pod, "-o",
+                        "jsonpath={.status.ephemeralContainerStatuses[0].state.terminated.reason}").stdoutOrThrow();
+                assertEquals("Completed", states.trim(), "the debugger container ended when Delve exited");
+                Cluster.Result tracer = cluster.kubectl(Duration.ofSeconds(90), "debug", "-n", namespace, pod, "--image=kdlv.local/busybox:1.35",
+                        "--image-pull-policy=Never", "--profile=general", "--target=app", "-c", "check-tracer", "-q", "--attach=true", "--",
+                        "grep", "TracerPid", "/proc/1/status");
+                assertTrue(tracer.stdout().contains("TracerPid:\t0"), "no tracer left on the target:\n" + tracer);
+                assertEquals("0", cluster.kubectl("get", "pod", "-n", namespace, pod, "-o",
+                        "jsonpath={.status.containerStatuses[0].restartCount}").stdoutOrThrow().trim(), "the target never restarted");
+                service.assertAlwaysAnswered();
+            } finally {
+                debug.destroyForcibly();
+            }
+        }
+    }
+
+    /** Reads debug's stdout until it says where Delve listens locally; fails with its stderr if it ends first. */
+    static int localPort(Process debug, StringBuilder errors) throws IOException {
+        BufferedReader out = new BufferedReader(new InputStreamReader(debug.getInputStream(), StandardCharsets.UTF_8));
+        List<String> lines = new ArrayList<>();
+        for (String line; (line = out.readLine()) != null; ) {
+            lines.add(line);
+            Matcher listens = LISTENS.matcher(line);
+            if (listens.find()) return Integer.parseInt(listens.group(1));
+        }
+        throw new AssertionError("debug ended without saying where Delve listens:\n" + String.join("\n", lines) + "\n--- stderr\n" + errors);
+    }
+
+    static Thread pump(java.io.InputStream in, StringBuilder sink) {
+        Thread thread = new Thread(() -> {
+            try (BufferedReader lines = new BufferedReader(new InputStreamReader(in, StandardCharsets.UTF_8))) {
+                for (String line; (line = lines.readLine()) != null; ) {
+                    synchronized (sink) {
+                        sink.append(line).append('\n');
+                    }
+                }
+            } catch (IOException ignored) {
+                // the process ended
+            }
+        }, "debug-stderr");
+        thread.setDaemon(true);
+        thread.start();
+        return thread;
+    }
+}
