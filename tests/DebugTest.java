@@ -108,6 +108,56 @@ class DebugTest {
         }
     }
 
+    @Test
+    void resumesAHaltedTargetOnceNoClientIsLeft() throws Exception {
+        String ns = cluster.createNamespace("debug-grace");
+        try {
+            String pod = cluster.deploy(ns, "demo-service.yaml", "demo-service", Duration.ofSeconds(90));
+            Path dlv = TestTools.dlv().orElseThrow();
+            try (AttachTest.Service service = AttachTest.Service.watch(cluster, ns, pod)) {
+                ProcessBuilder builder = new ProcessBuilder(cluster.repoRoot().resolve("jbang").toString(), "scripts/debug.java",
+                        "-n", ns, pod, "--image", image, "--local-port", "0", "--grace", "3s").directory(cluster.repoRoot().toFile());
+                builder.environment().putAll(cluster.env());
+                builder.environment().put("NO_COLOR", "1");
+                Process debug = builder.start();
+                StringBuilder errors = new StringBuilder();
+                pump(debug.getErrorStream(), errors);
+                try {
+                    int port = localPort(debug, errors);
+                    // A client stops the target at a breakpoint and dies there without resuming it (killed, network gone).
+                    Path init = project.resolve("halt.dlv");
+                    Files.writeString(init, "break main.greet\ncondition 1 name == \"grace\"\ncontinue\n");
+                    Process client = new ProcessBuilder(dlv.toString(), "connect", "127.0.0.1:" + port, "--init", init.toString())
+                            .redirectErrorStream(true).redirectOutput(project.resolve("client.log").toFile()).start();
+                    CompletableFuture<String> request = CompletableFuture.supplyAsync(() -> {
+                        try {
+                            Thread.sleep(3000);
+                            return service.get("/hello?name=grace");
+                        } catch (Exception e) {
+                            return e.toString();
+                        }
+                    });
+                    for (int i = 0; i < 100 && !Files.readString(project.resolve("client.log")).contains("[Breakpoint 1]"); i++) Thread.sleep(200);
+                    assertTrue(Files.readString(project.resolve("client.log")).contains("[Breakpoint 1]"), "the breakpoint was hit");
+                    client.destroyForcibly().waitFor(10, TimeUnit.SECONDS);
+                    // debug resumes it after --grace: the held request completes, the kubelet never restarts the container.
+                    assertTrue(request.get(30, TimeUnit.SECONDS).contains("Hello, grace!"), "the halted request completed after the resume");
+                    synchronized (errors) {
+                        assertTrue(errors.toString().contains("stayed halted with no client connected for 3s: resuming it"), errors.toString());
+                    }
+                    assertEquals("0", cluster.kubectl("get", "pod", "-n", ns, pod, "-o",
+                            "jsonpath={.status.containerStatuses[0].restartCount}").stdoutOrThrow().trim(), "the target never restarted");
+                } finally {
+                    Cluster.run(List.of("kill", "-INT", Long.toString(debug.pid())), null, Duration.ofSeconds(10), Map.of());
+                    debug.waitFor(60, TimeUnit.SECONDS);
+                    debug.destroyForcibly();
+                }
+            }
+        } finally {
+            cluster.deleteNamespace(ns);
+        }
+    }
+
     /** Reads debug's stdout until it says where Delve listens locally; fails with its stderr if it ends first. */
     static int localPort(Process debug, StringBuilder errors) throws IOException {
         BufferedReader out = new BufferedReader(new InputStreamReader(debug.getInputStream(), StandardCharsets.UTF_8));
