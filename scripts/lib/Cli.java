@@ -35,10 +35,6 @@ final class ExitCode {
     static final int UNREACHABLE = 8;
     /** The cluster, runtime or target does not support what was asked (feature off, Go version). */
     static final int UNSUPPORTED = 9;
-    /** The local address or port cannot be bound (in use, not a local address). */
-    static final int LOCAL_PORT = 14;
-    /** The debugger container or its pod went away while the command was running (tunnel, connect). */
-    static final int GONE = 15;
     /** The debugger container started but Delve did not come up (attach refused, container exited). */
     static final int DEBUGGER_FAILED = 10;
     /** The debug image cannot be pulled or run (ErrImagePull, ImagePullBackOff, InvalidImageName). */
@@ -47,13 +43,17 @@ final class ExitCode {
     static final int POLICY = 12;
     /** The name is already used in the pod (ephemeral container names can never be reused). */
     static final int NAME_TAKEN = 13;
-
+    /** The local address or port cannot be bound (in use, not a local address). */
+    static final int LOCAL_PORT = 14;
+    /** The debugger container or its pod went away while the command was running (tunnel, connect). */
+    static final int GONE = 15;
     /** A program the step needs is not installed (the Go toolchain, docker, podman, buildah). */
     static final int TOOL_MISSING = 16;
     /** A local file cannot be read or written (an image archive, --dlv-binary). */
     static final int LOCAL_FILE = 17;
     /** Something answers on the address, but it is not Delve's JSON-RPC API (an HTTP server, a silent port). */
     static final int NOT_DELVE = 18;
+
     private ExitCode() {}
 }
 
