@@ -173,7 +173,11 @@ class AttachTest {
         }
 
         String get(String path) throws IOException, InterruptedException {
-            HttpRequest request = HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + forward.localPort + path)).timeout(Duration.ofSeconds(5)).build();
+            return get(path, Duration.ofSeconds(5));
+        }
+
+        String get(String path, Duration timeout) throws IOException, InterruptedException {
+            HttpRequest request = HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + forward.localPort + path)).timeout(timeout).build();
             HttpResponse<String> response = http.send(request, HttpResponse.BodyHandlers.ofString());
             if (response.statusCode() != 200) throw new IOException("HTTP " + response.statusCode());
             return response.body();

@@ -72,7 +72,7 @@ class DebugTest {
                 CompletableFuture<String> request = CompletableFuture.supplyAsync(() -> {
                     try {
                         Thread.sleep(3000); // dlv sets the breakpoint first
-                        return service.get("/hello?name=breakpoint-test");
+                        return service.get("/hello?name=breakpoint-test", Duration.ofSeconds(30));
                     } catch (Exception e) {
                         return e.toString();
                     }
@@ -81,7 +81,8 @@ class DebugTest {
                         null, Duration.ofSeconds(60), Map.of());
                 assertEquals(0, session.exitCode(), session.toString());
                 assertTrue(session.stdout().contains("\"breakpoint-test\""), "the local variable, printed at the breakpoint:\n" + session);
-                assertTrue(request.get(30, TimeUnit.SECONDS).contains("Hello, breakpoint-test!"), "the request completed after the resume");
+                String answer = request.get(30, TimeUnit.SECONDS);
+                assertTrue(answer.contains("Hello, breakpoint-test!"), "the request completed after the resume: " + answer);
                 assertTrue(Files.readString(project.resolve(".vscode/launch.json")).contains("\"port\": " + port), "launch.json names the tunnel");
 
                 // Ctrl-C: detach, the debugger container ends, the target runs on untraced.
@@ -92,9 +93,9 @@ class DebugTest {
                 errPump.join(5000);
                 assertTrue(errors.toString().contains("detached: PID 1 of " + pod + " runs on, untraced"),
                         "exit " + debug.exitValue() + ", stderr:\n" + errors);
-                String states = cluster.kubectl("get", "pod", "-n", namespace, pod, "-o",
-                        "jsonpath={.status.ephemeralContainerStatuses[0].state.terminated.reason}").stdoutOrThrow();
-                assertEquals("Completed", states.trim(), "the debugger container ended when Delve exited");
+                Cluster.Result ended = cluster.kubectl(Duration.ofSeconds(70), "wait", "-n", namespace, "pod/" + pod, "--timeout=60s",
+                        "--for=jsonpath={.status.ephemeralContainerStatuses[0].state.terminated.reason}=Completed");
+                assertEquals(0, ended.exitCode(), "the debugger container ended when Delve exited: " + ended);
                 Cluster.Result tracer = cluster.kubectl(Duration.ofSeconds(90), "debug", "-n", namespace, pod, "--image=kdlv.local/busybox:1.35",
                         "--image-pull-policy=Never", "--profile=general", "--target=app", "-c", "check-tracer", "-q", "--attach=true", "--",
                         "grep", "TracerPid", "/proc/1/status");
@@ -132,7 +133,7 @@ class DebugTest {
                     CompletableFuture<String> request = CompletableFuture.supplyAsync(() -> {
                         try {
                             Thread.sleep(3000);
-                            return service.get("/hello?name=grace");
+                            return service.get("/hello?name=grace", Duration.ofSeconds(60)); // held at the breakpoint until resumed
                         } catch (Exception e) {
                             return e.toString();
                         }
@@ -141,7 +142,8 @@ class DebugTest {
                     assertTrue(Files.readString(project.resolve("client.log")).contains("[Breakpoint 1]"), "the breakpoint was hit");
                     client.destroyForcibly().waitFor(10, TimeUnit.SECONDS);
                     // debug resumes it after --grace: the held request completes, the kubelet never restarts the container.
-                    assertTrue(request.get(30, TimeUnit.SECONDS).contains("Hello, grace!"), "the halted request completed after the resume");
+                    String answer = request.get(70, TimeUnit.SECONDS);
+                    assertTrue(answer.contains("Hello, grace!"), "the halted request completed after the resume: " + answer);
                     synchronized (errors) {
                         assertTrue(errors.toString().contains("stayed halted with no client connected for 3s: resuming it"), errors.toString());
                     }

@@ -27,7 +27,7 @@ final class ExitCode {
     static final int INTERNAL = 4;
     /** A named object does not exist (pod, namespace, container). */
     static final int NOT_FOUND = 5;
-    /** RBAC or admission (PodSecurity) refused the request. */
+    /** RBAC (or the API server's authentication) refused the request. */
     static final int FORBIDDEN = 6;
     /** A wait ran out of time. */
     static final int TIMEOUT = 7;
