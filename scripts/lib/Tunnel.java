@@ -51,10 +51,11 @@ import okhttp3.WebSocketListener;
 import okio.ByteString;
 
 /**
- * Exposes a port on the loopback of a pod (Delve in the debugger container) on a local address: every accepted
- * local connection gets its own WebSocket stream through the API server, either a pods/portforward stream or
- * `nc 127.0.0.1 PORT` run in the debugger container over pods/exec (the article's plumbing, in one process).
- * Watches the pod and ends when the debugger container or the pod goes away; {@link #close()} stops everything.
+ * Exposes a port on the loopback of a pod (Delve in the debugger container) on a local address, every accepted
+ * connection on its own stream: in port-forward mode two SPDY/3.1 streams on one shared connection to
+ * pods/portforward (as kubectl port-forward), in exec mode `nc 127.0.0.1 PORT` run in the debugger container over its
+ * own pods/exec WebSocket (the article's plumbing, in one process). Watches the pod and ends when the debugger
+ * container or the pod goes away; {@link #close()} stops everything.
  */
 final class Tunnel implements Closeable {
     /** How each connection reaches the pod. */
@@ -105,7 +106,7 @@ final class Tunnel implements Closeable {
         return DEFAULT_PORT;
     }
 
-    private static final int CHUNK = 32 * 1024;
+    private static final int CHUNK = 64 * 1024;
     /** Bytes queued in OkHttp's WebSocket writer before the reading side waits (OkHttp fails a socket at 16 MiB). */
     private static final long MAX_QUEUED = 1 << 20;
     private static final AtomicInteger TUNNELS = new AtomicInteger();
@@ -753,7 +754,7 @@ final class Tunnel implements Closeable {
             if (!done.compareAndSet(false, true)) return;
             opened.countDown();
             WebSocket ws = webSocket;
-            if (ws != null && !ws.close(1000, null)) ws.cancel();
+            if (ws != null) ws.cancel(); // no close handshake to wait for: OkHttp would keep a timer thread for up to 60 s
             closeQuietly(socket);
             connections.remove(this);
             if (why != null && !closed.get()) log.accept("connection " + id + ": " + why);
