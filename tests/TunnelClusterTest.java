@@ -104,7 +104,9 @@ class TunnelClusterTest {
         long threadsBefore = TunnelTest.ownThreads();
         AtomicLong bytes = new AtomicLong();
         AtomicLong connections = new AtomicLong();
-        try (Tunnel tunnel = Tunnel.open(kube, pod, "echo", ECHO_PORT, new InetSocketAddress("127.0.0.1", 0), Tunnel.Mode.PORT_FORWARD)) {
+        StringBuffer events = new StringBuffer();
+        try (Tunnel tunnel = Tunnel.open(kube, pod, "echo", ECHO_PORT, new InetSocketAddress("127.0.0.1", 0), Tunnel.Mode.PORT_FORWARD,
+                line -> events.append(line).append('\n'), false)) {
             long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
             ExecutorService pool = Executors.newFixedThreadPool(40);
             List<Future<String>> clients = new ArrayList<>();
@@ -141,7 +143,7 @@ class TunnelClusterTest {
             }
             for (Future<String> client : clients) {
                 String problem = client.get(120, TimeUnit.SECONDS);
-                if (problem != null) fail(problem);
+                if (problem != null) fail(problem + "\n--- the tunnel said:\n" + events);
             }
             pool.shutdown();
             assertFalse(tunnel.ended().isDone(), "the tunnel is still up");
@@ -195,6 +197,101 @@ class TunnelClusterTest {
             assertEquals(ExitCode.GONE, tunnel.await(), tunnel.toString());
             assertTrue(tunnel.err().contains("pod " + bare + " is being deleted") || tunnel.err().contains("pod " + bare + " was deleted"), tunnel.toString());
             TunnelTest.assertRefused(port);
+        }
+    }
+
+    /**
+     * The API connection drops (a relay between the tunnel and the API server cuts every connection): the clients on
+     * it end with one line, the listener stays, and the next client opens a new connection and reaches Delve.
+     */
+    @Test
+    void aDroppedApiConnectionKeepsTheListener() throws Exception {
+        String config = Files.readString(kubeconfig);
+        java.util.regex.Matcher server = java.util.regex.Pattern.compile("server: https://127\\.0\\.0\\.1:(\\d+)").matcher(config);
+        org.junit.jupiter.api.Assumptions.assumeTrue(server.find(), "the API server is not on 127.0.0.1: no relay possible");
+        try (Relay relay = new Relay(Integer.parseInt(server.group(1)))) {
+            Path relayed = dir.resolve("relayed.kubeconfig");
+            Files.writeString(relayed, config.replace(server.group(0), "server: https://127.0.0.1:" + relay.port()));
+            try (TunnelTest.Running tunnel = new TunnelTest.Running(pod, "--kubeconfig", relayed.toString(), "-n", namespace,
+                    "--local-port", "0", "-o", "json")) {
+                int port = tunnel.port();
+                try (Socket first = new Socket("127.0.0.1", port)) {
+                    first.setSoTimeout(30_000);
+                    assertTrue(rpc(first, 1).contains("DelveVersion"));
+                    relay.dropAll();
+                    InputStream in = first.getInputStream();
+                    while (in.read() >= 0) {
+                        // Delve's newline after the answer, then the end: the client on the dropped connection is closed
+                    }
+                }
+                TunnelTest.awaitTrue(() -> tunnel.err().lines().anyMatch(l -> l.startsWith("connection 1: ") && l.contains("port-forward connection")
+                        && l.contains("the listener stays up")), "a one-line message");
+                assertTrue(getVersion(port).contains("DelveVersion"), "a new client goes through: " + tunnel);
+                assertTrue(tunnel.thread.isAlive(), tunnel.toString());
+                assertFalse(tunnel.err().contains("\tat "), tunnel.toString());
+                assertEquals(130, tunnel.stop(), tunnel.toString());
+            }
+        }
+    }
+
+    /** A TCP relay on 127.0.0.1 to a local port whose connections the test can cut all at once. */
+    static final class Relay implements AutoCloseable {
+        final java.net.ServerSocket server = new java.net.ServerSocket(0, 50, java.net.InetAddress.getLoopbackAddress());
+        final java.util.Set<Socket> sockets = java.util.concurrent.ConcurrentHashMap.newKeySet();
+        final int target;
+
+        Relay(int target) throws IOException {
+            this.target = target;
+            Thread acceptor = new Thread(() -> {
+                while (!server.isClosed()) {
+                    try {
+                        Socket in = server.accept();
+                        Socket out = new Socket("127.0.0.1", target);
+                        sockets.add(in);
+                        sockets.add(out);
+                        pump(in, out);
+                        pump(out, in);
+                    } catch (IOException e) {
+                        return;
+                    }
+                }
+            }, "relay");
+            acceptor.setDaemon(true);
+            acceptor.start();
+        }
+
+        int port() {
+            return server.getLocalPort();
+        }
+
+        void pump(Socket from, Socket to) {
+            Thread thread = new Thread(() -> {
+                try {
+                    from.getInputStream().transferTo(to.getOutputStream());
+                } catch (IOException ignored) {
+                    // cut
+                } finally {
+                    try {
+                        from.close();
+                        to.close();
+                    } catch (IOException ignored) {
+                        // closed
+                    }
+                }
+            }, "relay-pump");
+            thread.setDaemon(true);
+            thread.start();
+        }
+
+        void dropAll() throws IOException {
+            for (Socket socket : List.copyOf(sockets)) socket.close();
+            sockets.clear();
+        }
+
+        @Override
+        public void close() throws IOException {
+            server.close();
+            dropAll();
         }
     }
 
