@@ -1108,7 +1108,7 @@ final class Tunnel implements Closeable {
      * own WebSocket would add a writer-thread hop and a send queue to every frame.
      */
     /** A byte pipe to the SPDY server: a plain upgraded connection, or binary WebSocket frames. */
-    interface SpdyPipe {
+    private interface SpdyPipe {
         /** Reads some bytes; -1 at the end. Called by one reader thread. */
         int read(byte[] buffer) throws IOException;
 
@@ -1120,10 +1120,10 @@ final class Tunnel implements Closeable {
         void cancel();
     }
 
-    enum SpdyTransport { UNKNOWN, UPGRADE, WEBSOCKET }
+    private enum SpdyTransport { UNKNOWN, UPGRADE, WEBSOCKET }
 
     /** Plain SPDY/3.1 on a connection upgraded by a POST (Upgrade: SPDY/3.1, X-Stream-Protocol-Version). */
-    static final class RawUpgrade implements SpdyPipe {
+    private static final class RawUpgrade implements SpdyPipe {
         private final okio.Socket socket;
         private final okio.BufferedSource in;
         private final okio.BufferedSink out;
@@ -1169,7 +1169,7 @@ final class Tunnel implements Closeable {
         }
     }
 
-    static final class RawWebSocket implements SpdyPipe {
+    private static final class RawWebSocket implements SpdyPipe {
         /** The server answered the upgrade with another status. */
         static final class Refused extends IOException {
             final int code;
