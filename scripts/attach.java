@@ -119,6 +119,9 @@ class Attach implements Callable<Integer> {
     @Mixin VerboseOption verboseOption;
     @Spec CommandSpec spec;
 
+    /** Set by the pre-flight: whether this user may open a port-forward to ask Delve whether it answers. */
+    private boolean portForwardAllowed;
+
     public static void main(String... args) {
         Cli.main(new Attach(), args);
     }
@@ -185,6 +188,8 @@ class Attach implements Callable<Integer> {
         try {
             applyPatch(kube, core, podName, patch);
             Found found = waitForDelve(kube, core, podName, debugger);
+            // Delve may say it listens and then fail to attach (its error comes after): ask it, where RBAC lets us.
+            if (portForwardAllowed && !delveAnswers(kube, podName, port)) throw delveFailed(core, kube.namespace, podName, debugger, null);
             return new Attached(kube.namespace, podName, app.getName(), debugger, found.pid, port, found.goVersion, image, false, livenessBudget(app));
         } finally {
             Runtime.getRuntime().removeShutdownHook(interrupted);
@@ -404,6 +409,7 @@ class Attach implements Callable<Integer> {
         requireEphemeralContainersServed(core);
         requireAllowed(kube, "patch", "ephemeralcontainers", "add a debugger (an ephemeral container) to pods");
         boolean portForward = allowed(kube, "create", "portforward");
+        portForwardAllowed = portForward;
         boolean exec = allowed(kube, "create", "exec");
         if (!portForward && !exec) {
             throw new ExitException(ExitCode.FORBIDDEN, "RBAC lets you add a debugger in namespace " + kube.namespace
@@ -586,8 +592,12 @@ class Attach implements Callable<Integer> {
 
     /** The container ended: its last log lines say why (Delve refusing the Go version, ptrace denied, ...). */
     ExitException delveFailed(CoreV1Api core, String namespace, String podName, String debugger, Integer exitCode) {
-        List<String> tail = logTail(core, namespace, podName, debugger, 5);
-        String why = tail.stream().filter(l -> !l.isBlank()).reduce((a, b) -> b).orElse("no log output");
+        List<String> tail = logTail(core, namespace, podName, debugger, 10);
+        // Delve's error and its "API server listening" line go to different streams, in either order: the reason is
+        // the last line that says what went wrong, else the last line.
+        List<String> lines = tail.stream().filter(l -> !l.isBlank() && !LISTENING.matcher(l).find() && !FOUND.matcher(l).find()).toList();
+        String why = lines.stream().filter(l -> l.matches("(?i).*(error|could not|couldn't|cannot|denied|not permitted|too old|no such).*"))
+                .reduce((a, b) -> b).orElse(lines.isEmpty() ? "no log output" : lines.get(lines.size() - 1));
         String all = String.join(" ", tail);
         String exit = exitCode == null ? "" : " (exit code " + exitCode + ")";
         if (all.contains("too old for this version of Delve") || all.contains("Version of Delve is too old")) {
