@@ -113,6 +113,9 @@ class TunnelClusterTest {
             for (int c = 0; c < 20; c++) {
                 int client = c;
                 clients.add(pool.submit(() -> {
+                    // Clients arrive 100 ms apart, as an IDE and a dlv would, not in one burst: the echo fixture (busybox
+                    // nc -ll) listens with a backlog of 1, unlike Delve's Go listener.
+                    Thread.sleep(100L * client);
                     Random random = new Random(client);
                     int round = 0;
                     while (System.nanoTime() < end) {
@@ -154,7 +157,8 @@ class TunnelClusterTest {
         }
         TunnelTest.awaitTrue(() -> TunnelTest.tunnelThreads() == 0, "no tunnel thread left: " + TunnelTest.threadNames());
         TunnelTest.awaitTrue(() -> TunnelTest.openFiles() <= fdsBefore, "file descriptors back to " + fdsBefore);
-        TunnelTest.awaitTrue(() -> TunnelTest.ownThreads() <= threadsBefore, "threads back to " + threadsBefore + ": " + TunnelTest.threadNames());
+        TunnelTest.awaitTrue(() -> TunnelTest.ownThreads() <= threadsBefore, "threads back to " + threadsBefore + ": " + TunnelTest.threadNames(),
+                TunnelTest.THREADS_SETTLE_SECONDS);
     }
 
     @Test
