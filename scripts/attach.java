@@ -12,7 +12,6 @@ import io.kubernetes.client.PortForward;
 import io.kubernetes.client.custom.V1Patch;
 import io.kubernetes.client.openapi.ApiException;
 import io.kubernetes.client.openapi.apis.AppsV1Api;
-import io.kubernetes.client.openapi.apis.AuthorizationV1Api;
 import io.kubernetes.client.openapi.apis.CoreV1Api;
 import io.kubernetes.client.openapi.models.V1APIResource;
 import io.kubernetes.client.openapi.models.V1Container;
@@ -24,10 +23,7 @@ import io.kubernetes.client.openapi.models.V1LabelSelector;
 import io.kubernetes.client.openapi.models.V1Pod;
 import io.kubernetes.client.openapi.models.V1PodCondition;
 import io.kubernetes.client.openapi.models.V1Probe;
-import io.kubernetes.client.openapi.models.V1ResourceAttributes;
 import io.kubernetes.client.openapi.models.V1SecurityContext;
-import io.kubernetes.client.openapi.models.V1SelfSubjectAccessReview;
-import io.kubernetes.client.openapi.models.V1SelfSubjectAccessReviewSpec;
 import io.kubernetes.client.util.PatchUtils;
 import io.kubernetes.client.util.Watch;
 import java.io.BufferedReader;
@@ -408,12 +404,12 @@ class Attach implements Callable<Integer> {
     void preflight(Kube kube, CoreV1Api core, String podName, String patch) throws ApiException {
         requireEphemeralContainersServed(core);
         requireAllowed(kube, "patch", "ephemeralcontainers", "add a debugger (an ephemeral container) to pods");
-        boolean portForward = allowed(kube, "create", "portforward");
+        boolean portForward = Tunnel.allowed(kube, podName, Tunnel.Mode.PORT_FORWARD);
         portForwardAllowed = portForward;
-        boolean exec = allowed(kube, "create", "exec");
+        boolean exec = Tunnel.allowed(kube, podName, Tunnel.Mode.EXEC);
         if (!portForward && !exec) {
             throw new ExitException(ExitCode.FORBIDDEN, "RBAC lets you add a debugger in namespace " + kube.namespace
-                    + " but not reach it: you may neither create pods/portforward nor pods/exec; ask for one of them (see README, RBAC)");
+                    + " but not reach it: you may open neither pods/portforward nor pods/exec; ask for one of them (see README, RBAC)");
         }
         if (!portForward) progress("note: RBAC denies pods/portforward here; tunnel with --mode exec");
         requirePodSecurity(kube, core);
@@ -446,11 +442,9 @@ class Attach implements Callable<Integer> {
     }
 
     static boolean allowed(Kube kube, String verb, String subresource) {
-        V1SelfSubjectAccessReview review = new V1SelfSubjectAccessReview().spec(new V1SelfSubjectAccessReviewSpec()
-                .resourceAttributes(new V1ResourceAttributes().namespace(kube.namespace).verb(verb).resource("pods").subresource(subresource)));
         try {
-            V1SelfSubjectAccessReview answer = new AuthorizationV1Api(kube.client).createSelfSubjectAccessReview(review).execute();
-            return answer.getStatus() != null && answer.getStatus().getAllowed();
+            var status = kube.access(verb, subresource, null);
+            return status != null && Boolean.TRUE.equals(status.getAllowed());
         } catch (ApiException e) {
             throw Kube.failure("cannot ask the API server what you may do (SelfSubjectAccessReview)", e);
         }

@@ -1,6 +1,11 @@
 import io.kubernetes.client.openapi.ApiClient;
 import io.kubernetes.client.openapi.ApiException;
+import io.kubernetes.client.openapi.apis.AuthorizationV1Api;
+import io.kubernetes.client.openapi.models.V1ResourceAttributes;
+import io.kubernetes.client.openapi.models.V1SelfSubjectAccessReview;
+import io.kubernetes.client.openapi.models.V1SelfSubjectAccessReviewSpec;
 import io.kubernetes.client.openapi.models.V1Status;
+import io.kubernetes.client.openapi.models.V1SubjectAccessReviewStatus;
 import io.kubernetes.client.util.ClientBuilder;
 import io.kubernetes.client.util.Config;
 import io.kubernetes.client.util.KubeConfig;
@@ -167,6 +172,13 @@ final class Kube {
                 .connectTimeout(10, TimeUnit.SECONDS)
                 .readTimeout(0, TimeUnit.SECONDS)
                 .build());
+    }
+
+    /** What RBAC says of VERB on pods/SUBRESOURCE in this namespace (of one pod, or any when NAME is null): a SelfSubjectAccessReview. */
+    V1SubjectAccessReviewStatus access(String verb, String subresource, String name) throws ApiException {
+        V1SelfSubjectAccessReview review = new V1SelfSubjectAccessReview().spec(new V1SelfSubjectAccessReviewSpec()
+                .resourceAttributes(new V1ResourceAttributes().namespace(namespace).verb(verb).resource("pods").subresource(subresource).name(name)));
+        return new AuthorizationV1Api(client).createSelfSubjectAccessReview(review).execute().getStatus();
     }
 
     /**

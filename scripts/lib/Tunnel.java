@@ -1,7 +1,6 @@
 import com.google.gson.reflect.TypeToken;
 import io.kubernetes.client.openapi.ApiException;
 import io.kubernetes.client.openapi.Pair;
-import io.kubernetes.client.openapi.apis.AuthorizationV1Api;
 import io.kubernetes.client.openapi.apis.CoreV1Api;
 import io.kubernetes.client.openapi.models.V1ContainerState;
 import io.kubernetes.client.openapi.models.V1ContainerStateTerminated;
@@ -9,9 +8,6 @@ import io.kubernetes.client.openapi.models.V1ContainerStateWaiting;
 import io.kubernetes.client.openapi.models.V1ContainerStatus;
 import io.kubernetes.client.openapi.models.V1EphemeralContainer;
 import io.kubernetes.client.openapi.models.V1Pod;
-import io.kubernetes.client.openapi.models.V1ResourceAttributes;
-import io.kubernetes.client.openapi.models.V1SelfSubjectAccessReview;
-import io.kubernetes.client.openapi.models.V1SelfSubjectAccessReviewSpec;
 import io.kubernetes.client.openapi.models.V1SubjectAccessReviewStatus;
 import io.kubernetes.client.util.Watch;
 import java.io.Closeable;
@@ -398,23 +394,33 @@ final class Tunnel implements Closeable {
      * opens a WebSocket: verb get.
      */
     private static void checkAllowed(Kube kube, String pod, Mode mode) {
+        Optional<String> denied = denial(kube, pod, mode);
+        if (denied.isPresent()) {
+            throw new ExitException(ExitCode.FORBIDDEN, forbidden(kube, pod, mode) + (denied.get().isEmpty() ? "" : " (" + denied.get() + ")"));
+        }
+    }
+
+    /** Whether RBAC lets this user open the mode's streams to the pod (true when it may not even ask); attach asks this too. */
+    static boolean allowed(Kube kube, String pod, Mode mode) {
+        return denial(kube, pod, mode).isEmpty();
+    }
+
+    /** Empty when allowed, else RBAC's reason ("" when it gives none). port-forward takes create or get; exec's WebSocket, get. */
+    private static Optional<String> denial(Kube kube, String pod, Mode mode) {
         List<String> verbs = mode == Mode.PORT_FORWARD ? List.of("create", "get") : List.of("get");
         String reason = null;
         for (String verb : verbs) {
-            V1SelfSubjectAccessReview review = new V1SelfSubjectAccessReview().spec(new V1SelfSubjectAccessReviewSpec()
-                    .resourceAttributes(new V1ResourceAttributes().namespace(kube.namespace).verb(verb).resource("pods")
-                            .subresource(mode.subresource).name(pod)));
             V1SubjectAccessReviewStatus status;
             try {
-                status = new AuthorizationV1Api(kube.client).createSelfSubjectAccessReview(review).execute().getStatus();
+                status = kube.access(verb, mode.subresource, pod);
             } catch (ApiException e) {
-                if (e.getCode() == 403 || e.getCode() == 404) return; // cannot ask: the stream itself will tell
+                if (e.getCode() == 403 || e.getCode() == 404) return Optional.empty(); // cannot ask: the stream itself will tell
                 throw Kube.failure("cannot check access to pods/" + mode.subresource, e);
             }
-            if (status == null || Boolean.TRUE.equals(status.getAllowed())) return;
+            if (status == null || Boolean.TRUE.equals(status.getAllowed())) return Optional.empty();
             if (reason == null && status.getReason() != null && !status.getReason().isBlank()) reason = Cli.firstLine(status.getReason());
         }
-        throw new ExitException(ExitCode.FORBIDDEN, forbidden(kube, pod, mode) + (reason != null ? " (" + reason + ")" : ""));
+        return Optional.of(reason == null ? "" : reason);
     }
 
     private static String forbidden(Kube kube, String pod, Mode mode) {
