@@ -97,21 +97,12 @@ class Run {
             case "fast" -> Optional.empty();
             case "delve" -> TestTools.dlv().isPresent() ? Optional.empty()
                     : Optional.of("no dlv binary on PATH or in " + TestTools.binDir() + " (run tests/setup)");
-            case "cluster" -> clusterUnavailable();
+            case "cluster" -> ClusterExtension.unavailableReason();
             case "registry" -> BuildImageRegistryTest.unavailable();
             case "docker" -> TestTools.onPath("docker").isPresent() && TestTools.succeeds("docker", "info")
                     ? Optional.empty() : Optional.of("no Docker engine answers `docker info` (Testcontainers' k3s needs one)");
             default -> Optional.of("unknown group");
         };
-    }
-
-    @SuppressWarnings("unchecked")
-    static Optional<String> clusterUnavailable() {
-        try {
-            return (Optional<String>) Class.forName("ClusterExtension").getDeclaredMethod("unavailableReason").invoke(null);
-        } catch (ReflectiveOperationException e) {
-            return Optional.of("the cluster harness (tests/support/ClusterExtension.java) is not there: " + e);
-        }
     }
 
     /** The jar JBang built from the test sources: the only class path root the launcher scans. */
