@@ -22,6 +22,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 import java.util.concurrent.TimeUnit;
+import javax.net.ssl.KeyManager;
 import picocli.CommandLine.Option;
 
 /**
@@ -89,7 +90,10 @@ final class Kube {
         ApiClient client;
         try {
             // No ConfigPersister: refreshed tokens are never written back into the user's kubeconfig.
-            client = ClientBuilder.kubeconfig(config).build();
+            ClientBuilder builder = ClientBuilder.kubeconfig(config);
+            Optional<KeyManager[]> certificate = ClientCertificate.keyManagers(config);
+            if (certificate.isPresent()) builder.setAuthentication(api -> api.setKeyManagers(certificate.get()));
+            client = builder.build();
         } catch (IOException | RuntimeException e) {
             throw new ExitException(ExitCode.USAGE, "cannot use context '" + config.getCurrentContext() + "' of " + file.get()
                     + ": " + Cli.firstLine(String.valueOf(e.getMessage())), e);
@@ -217,5 +221,158 @@ final class Kube {
         } catch (RuntimeException notAStatus) {
             return Optional.of(Cli.firstLine(body));
         }
+    }
+}
+
+/**
+ * A kubeconfig user that is a client certificate and key, loaded with the JDK alone. client-java loads every key with
+ * Bouncy Castle, whose signed jar and provider take about half a second to load, the largest part of start-up after the
+ * JVM itself. PKCS#8 ("PRIVATE KEY"), PKCS#1 RSA ("RSA PRIVATE KEY", kubeadm and kind) and SEC1 EC ("EC PRIVATE KEY",
+ * k3s) keys are read here; anything else (encrypted keys, tokens, exec plugins) is left to client-java.
+ */
+final class ClientCertificate {
+    private static final java.util.Set<String> CERTIFICATE_ONLY = java.util.Set.of("client-certificate", "client-certificate-data", "client-key", "client-key-data");
+
+    private ClientCertificate() {}
+
+    static Optional<KeyManager[]> keyManagers(KubeConfig config) {
+        try {
+            if (!certificateOnly(config)) return Optional.empty();
+            byte[] certificate = config.getDataOrFileRelative(config.getClientCertificateData(), config.getClientCertificateFile());
+            byte[] key = config.getDataOrFileRelative(config.getClientKeyData(), config.getClientKeyFile());
+            if (certificate == null || key == null) return Optional.empty();
+            Optional<java.security.PrivateKey> privateKey = privateKey(new String(key, java.nio.charset.StandardCharsets.US_ASCII));
+            if (privateKey.isEmpty()) return Optional.empty();
+            java.util.Collection<? extends java.security.cert.Certificate> chain = java.security.cert.CertificateFactory.getInstance("X.509")
+                    .generateCertificates(new java.io.ByteArrayInputStream(certificate));
+            java.security.KeyStore store = java.security.KeyStore.getInstance("PKCS12");
+            store.load(null, null);
+            char[] password = new char[0];
+            store.setKeyEntry("client", privateKey.get(), password, chain.toArray(java.security.cert.Certificate[]::new));
+            javax.net.ssl.KeyManagerFactory factory = javax.net.ssl.KeyManagerFactory.getInstance(javax.net.ssl.KeyManagerFactory.getDefaultAlgorithm());
+            factory.init(store, password);
+            return Optional.of(factory.getKeyManagers());
+        } catch (IOException | java.security.GeneralSecurityException | RuntimeException e) {
+            return Optional.empty(); // client-java tries, and says what is wrong
+        }
+    }
+
+    /** The current context's user has a client certificate and key, and nothing else (no token, exec or password). */
+    @SuppressWarnings("unchecked")
+    private static boolean certificateOnly(KubeConfig config) {
+        String user = null;
+        for (Object context : Optional.ofNullable(config.getContexts()).orElse(new java.util.ArrayList<>())) {
+            if (context instanceof Map<?, ?> map && config.getCurrentContext().equals(map.get("name")) && map.get("context") instanceof Map<?, ?> c) {
+                user = (String) c.get("user");
+            }
+        }
+        for (Object entry : Optional.ofNullable(config.getUsers()).orElse(new java.util.ArrayList<>())) {
+            if (entry instanceof Map<?, ?> map && user != null && user.equals(map.get("name")) && map.get("user") instanceof Map<?, ?> fields) {
+                return !fields.isEmpty() && CERTIFICATE_ONLY.containsAll(fields.keySet());
+            }
+        }
+        return false;
+    }
+
+    static Optional<java.security.PrivateKey> privateKey(String pem) throws java.security.GeneralSecurityException {
+        java.util.regex.Matcher block = java.util.regex.Pattern.compile("-----BEGIN ([A-Z ]+)-----([^-]+)-----END \\1-----").matcher(pem);
+        if (!block.find()) return Optional.empty();
+        byte[] der = java.util.Base64.getMimeDecoder().decode(block.group(2));
+        return switch (block.group(1)) {
+            case "PRIVATE KEY" -> Optional.of(pkcs8(der, oid(der)));
+            case "RSA PRIVATE KEY" -> Optional.of(java.security.KeyFactory.getInstance("RSA").generatePrivate(
+                    new java.security.spec.PKCS8EncodedKeySpec(privateKeyInfo(RSA_ALGORITHM, der))));
+            case "EC PRIVATE KEY" -> ecCurve(der).map(curve -> {
+                byte[] algorithm = sequence(concat(EC_PUBLIC_KEY, curve));
+                try {
+                    return java.security.KeyFactory.getInstance("EC").generatePrivate(new java.security.spec.PKCS8EncodedKeySpec(privateKeyInfo(algorithm, der)));
+                } catch (java.security.GeneralSecurityException e) {
+                    throw new IllegalArgumentException(e);
+                }
+            });
+            default -> Optional.empty();
+        };
+    }
+
+    // DER: AlgorithmIdentifier rsaEncryption with NULL parameters, and the OID of id-ecPublicKey.
+    private static final byte[] RSA_ALGORITHM = {0x30, 0x0d, 0x06, 0x09, 0x2a, (byte) 0x86, 0x48, (byte) 0x86, (byte) 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00};
+    private static final byte[] EC_PUBLIC_KEY = {0x06, 0x07, 0x2a, (byte) 0x86, 0x48, (byte) 0xce, 0x3d, 0x02, 0x01};
+
+    private static java.security.PrivateKey pkcs8(byte[] der, String algorithmOid) throws java.security.GeneralSecurityException {
+        String algorithm = algorithmOid.equals("1.2.840.10045.2.1") ? "EC" : algorithmOid.equals("1.3.101.112") ? "Ed25519" : "RSA";
+        return java.security.KeyFactory.getInstance(algorithm).generatePrivate(new java.security.spec.PKCS8EncodedKeySpec(der));
+    }
+
+    /** The algorithm OID of a PKCS#8 PrivateKeyInfo: SEQUENCE { INTEGER, SEQUENCE { OID, ... }, ... }. */
+    private static String oid(byte[] der) {
+        int[] at = {0};
+        enter(der, at); // PrivateKeyInfo
+        skip(der, at);  // version
+        enter(der, at); // AlgorithmIdentifier
+        int start = at[0];
+        skip(der, at);
+        return java.util.Arrays.equals(java.util.Arrays.copyOfRange(der, start, at[0]), EC_PUBLIC_KEY) ? "1.2.840.10045.2.1"
+                : der[start + 1] == 3 && der[start + 2] == 0x2b && der[start + 3] == 0x65 && der[start + 4] == 0x70 ? "1.3.101.112" : "rsa";
+    }
+
+    /** The named curve of a SEC1 ECPrivateKey: SEQUENCE { INTEGER 1, OCTET STRING, [0] { OID } , [1] ... }. */
+    private static Optional<byte[]> ecCurve(byte[] der) {
+        int[] at = {0};
+        enter(der, at);
+        skip(der, at);
+        skip(der, at);
+        if (at[0] >= der.length || (der[at[0]] & 0xff) != 0xa0) return Optional.empty();
+        enter(der, at);
+        int start = at[0];
+        skip(der, at);
+        return Optional.of(java.util.Arrays.copyOfRange(der, start, at[0]));
+    }
+
+    private static byte[] privateKeyInfo(byte[] algorithm, byte[] key) {
+        return sequence(concat(new byte[] {0x02, 0x01, 0x00}, algorithm, tlv(0x04, key)));
+    }
+
+    private static void enter(byte[] der, int[] at) {
+        at[0]++;
+        length(der, at);
+    }
+
+    private static void skip(byte[] der, int[] at) {
+        at[0]++;
+        int length = length(der, at);
+        at[0] += length;
+    }
+
+    private static int length(byte[] der, int[] at) {
+        int first = der[at[0]++] & 0xff;
+        if (first < 0x80) return first;
+        int length = 0;
+        for (int i = 0; i < (first & 0x7f); i++) length = (length << 8) | (der[at[0]++] & 0xff);
+        return length;
+    }
+
+    private static byte[] sequence(byte[] content) {
+        return tlv(0x30, content);
+    }
+
+    private static byte[] tlv(int tag, byte[] content) {
+        java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
+        out.write(tag);
+        int length = content.length;
+        if (length < 0x80) {
+            out.write(length);
+        } else {
+            int bytes = length > 0xffffff ? 4 : length > 0xffff ? 3 : length > 0xff ? 2 : 1;
+            out.write(0x80 | bytes);
+            for (int i = bytes - 1; i >= 0; i--) out.write(length >>> (8 * i));
+        }
+        out.writeBytes(content);
+        return out.toByteArray();
+    }
+
+    private static byte[] concat(byte[]... parts) {
+        java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
+        for (byte[] part : parts) out.writeBytes(part);
+        return out.toByteArray();
     }
 }
