@@ -116,7 +116,9 @@ class Attach implements Callable<Integer> {
     @Spec CommandSpec spec;
 
     /** Set by the pre-flight: whether this user may open a port-forward to ask Delve whether it answers. */
-    private boolean portForwardAllowed;
+    boolean portForwardAllowed;
+    /** Set by debug.java once Delve answers through its tunnel: a wait still running in the background says nothing more. */
+    volatile boolean quiet;
 
     public static void main(String... args) {
         Cli.main(new Attach(), args);
@@ -132,8 +134,43 @@ class Attach implements Callable<Integer> {
         return attached == null ? ExitCode.OK : report(attached);
     }
 
-    /** Attaches (or finds the debugger to reuse) and says what it did; null after --dry-run. debug.java calls this. */
+    /** Attaches (or finds the debugger to reuse) and says what it did; null after --dry-run. */
     Attached attach() throws Exception {
+        Plan plan = plan();
+        if (plan == null) return null;
+        if (plan.reused() != null) return plan.reused();
+        preflight(plan);
+        Thread interrupted = add(plan);
+        try {
+            Found found = waitForDelve(plan.kube(), plan.core(), plan.podName(), plan.debugger());
+            // Delve may say it listens and then fail to attach (its error comes after): ask it, where RBAC lets us.
+            if (portForwardAllowed && !delveAnswers(plan.kube(), plan.podName(), port)) {
+                throw delveFailed(plan.core(), plan.kube().namespace, plan.podName(), plan.debugger(), null);
+            }
+            return plan.attached(found);
+        } finally {
+            Runtime.getRuntime().removeShutdownHook(interrupted);
+        }
+    }
+
+    /**
+     * What attach is about to do: the target pod and container, and the debugger to add (its name and patch), or the
+     * running debugger of ours it reuses ({@code reused}). debug.java goes through the same steps with its tunnel
+     * opened beside them.
+     */
+    record Plan(Kube kube, CoreV1Api core, V1Pod pod, V1Container app, String debugger, String patch, boolean asRoot,
+                String image, int port, Attached reused) {
+        String podName() {
+            return pod.getMetadata().getName();
+        }
+
+        Attached attached(Found found) {
+            return new Attached(kube.namespace, podName(), app.getName(), debugger, found.pid(), port, found.goVersion(), image, false, livenessBudget(app));
+        }
+    }
+
+    /** Steps 1 to 3: the target, a debugger to reuse, or the one to add; null after --dry-run (the steps are printed). */
+    Plan plan() throws Exception {
         if (output != null && !output.equals("json")) throw new ExitException(ExitCode.USAGE, "unknown output format '" + output + "'; the only one is -o json");
         if (port < 1 || port > 65535) throw new ExitException(ExitCode.USAGE, "--port " + port + " is not a TCP port; use 1-65535");
         Kube kube = kubeOptions.kube();
@@ -153,8 +190,9 @@ class Attach implements Callable<Integer> {
             if (delveAnswers(kube, podName, debuggerPort)) {
                 Found found = foundInLog(core, kube.namespace, podName, debugger);
                 progress("reusing debugger %s: its Delve still answers on 127.0.0.1:%d in the pod", debugger, debuggerPort);
-                return new Attached(kube.namespace, podName, app.getName(), debugger, found.pid, debuggerPort,
+                Attached reused = new Attached(kube.namespace, podName, app.getName(), debugger, found.pid, debuggerPort,
                         found.goVersion, ours.get().getImage(), true, livenessBudget(app));
+                return new Plan(kube, core, pod, app, debugger, null, false, ours.get().getImage(), debuggerPort, reused);
             }
             throw new ExitException(ExitCode.DEBUGGER_FAILED, "debugger " + debugger + " still runs in pod " + podName
                     + " but its Delve does not answer on 127.0.0.1:" + debuggerPort + " through a port-forward, and a second Delve cannot"
@@ -168,28 +206,28 @@ class Attach implements Callable<Integer> {
         boolean asRoot = runsAsNonRoot(pod, app);
         Map<String, Object> container = debuggerContainer(debugger, app.getName(), asRoot);
         String patch = patchBody(container);
-
         if (dryRun) {
             printManualSteps(kube, podName, app.getName(), container, patch);
             return null;
         }
+        return new Plan(kube, core, pod, app, debugger, patch, asRoot, image, port, null);
+    }
 
-        // 4. Pre-flight: everything that can refuse us, asked before anything changes.
-        preflight(kube, core, podName, patch);
-        if (asRoot) progress("pod %s runs as non-root: the debugger runs as uid 0 with SYS_PTRACE, which ptrace needs", podName);
-
-        // 5. Add it, then wait (by watch) until it runs and Delve listens.
-        progress("adding debugger %s (image %s) to pod %s, targeting container %s", debugger, image, podName, app.getName());
-        Thread interrupted = onInterrupt(podName, debugger);
+    /**
+     * Step 5: adds the debugger. Returns the shutdown hook that tells, on Ctrl-C, that the debugger may still start;
+     * the caller removes it once the debugger answers or has failed.
+     */
+    Thread add(Plan plan) {
+        if (plan.asRoot()) progress("pod %s runs as non-root: the debugger runs as uid 0 with SYS_PTRACE, which ptrace needs", plan.podName());
+        progress("adding debugger %s (image %s) to pod %s, targeting container %s", plan.debugger(), image, plan.podName(), plan.app().getName());
+        Thread interrupted = onInterrupt(plan.podName(), plan.debugger());
         try {
-            applyPatch(kube, core, podName, patch);
-            Found found = waitForDelve(kube, core, podName, debugger);
-            // Delve may say it listens and then fail to attach (its error comes after): ask it, where RBAC lets us.
-            if (portForwardAllowed && !delveAnswers(kube, podName, port)) throw delveFailed(core, kube.namespace, podName, debugger, null);
-            return new Attached(kube.namespace, podName, app.getName(), debugger, found.pid, port, found.goVersion, image, false, livenessBudget(app));
-        } finally {
+            applyPatch(plan.kube(), plan.core(), plan.podName(), plan.patch());
+        } catch (RuntimeException e) {
             Runtime.getRuntime().removeShutdownHook(interrupted);
+            throw e;
         }
+        return interrupted;
     }
 
     // ---- 1. the target ----------------------------------------------------------------------------------------
@@ -316,7 +354,15 @@ class Attach implements Callable<Integer> {
 
     /** True when Delve answers GetVersion through a port-forward to the pod's loopback port. */
     static boolean delveAnswers(Kube kube, String podName, int delvePort) {
-        CompletableFuture<Boolean> answer = CompletableFuture.supplyAsync(() -> {
+        return delveAnswers(kube, podName, delvePort, Duration.ofSeconds(15));
+    }
+
+    /**
+     * The same within {@code timeout}. Each call is a port-forward of its own (one WebSocket), which fails in a few
+     * milliseconds while nothing listens: debug.java asks this until Delve answers.
+     */
+    static boolean delveAnswers(Kube kube, String podName, int delvePort, Duration timeout) {
+        CompletableFuture<Boolean> answer = ask(() -> {
             try {
                 PortForward.PortForwardResult forward = new PortForward(kube.client).forward(kube.namespace, podName, List.of(delvePort));
                 try (Delve delve = new Delve(forward.getInputStream(delvePort), forward.getOutboundStream(delvePort), () -> {})) {
@@ -327,7 +373,7 @@ class Attach implements Callable<Integer> {
             }
         });
         try {
-            return answer.get(15, TimeUnit.SECONDS);
+            return answer.get(timeout.toMillis(), TimeUnit.MILLISECONDS);
         } catch (InterruptedException | ExecutionException | TimeoutException e) {
             answer.cancel(true);
             return false;
@@ -401,43 +447,75 @@ class Attach implements Callable<Integer> {
 
     // ---- 4. pre-flight ------------------------------------------------------------------------------------------
 
-    void preflight(Kube kube, CoreV1Api core, String podName, String patch) throws ApiException {
-        requireEphemeralContainersServed(core);
-        requireAllowed(kube, "patch", "ephemeralcontainers", "add a debugger (an ephemeral container) to pods");
-        boolean portForward = Tunnel.allowed(kube, podName, Tunnel.Mode.PORT_FORWARD);
-        portForwardAllowed = portForward;
-        boolean exec = Tunnel.allowed(kube, podName, Tunnel.Mode.EXEC);
-        if (!portForward && !exec) {
+    /**
+     * Step 4: everything that can refuse us, asked before anything changes. The questions are independent round trips
+     * to the API server: all are asked at once, and the first refusal in this order is the one reported.
+     */
+    void preflight(Plan plan) {
+        Kube kube = plan.kube();
+        CoreV1Api core = plan.core();
+        String podName = plan.podName();
+        CompletableFuture<Boolean> served = ask(() -> requireEphemeralContainersServed(core));
+        CompletableFuture<Boolean> mayPatch = ask(() -> allowed(kube, "patch", "ephemeralcontainers"));
+        CompletableFuture<Boolean> portForward = ask(() -> Tunnel.allowed(kube, podName, Tunnel.Mode.PORT_FORWARD));
+        CompletableFuture<Boolean> exec = ask(() -> Tunnel.allowed(kube, podName, Tunnel.Mode.EXEC));
+        CompletableFuture<Boolean> podSecurity = ask(() -> requirePodSecurity(kube, core));
+        // A server-side dry run: admission (PodSecurity, webhooks) and validation answer without a change.
+        CompletableFuture<Boolean> admitted = ask(() -> {
+            try {
+                PatchUtils.patch(V1Pod.class, () -> core.patchNamespacedPodEphemeralcontainers(podName, kube.namespace, new V1Patch(plan.patch()))
+                        .dryRun("All").buildCall(null), V1Patch.PATCH_FORMAT_STRATEGIC_MERGE_PATCH, kube.client);
+                return true;
+            } catch (ApiException e) {
+                throw admissionFailure(e);
+            }
+        });
+        answer(served);
+        if (!answer(mayPatch)) {
+            throw new ExitException(ExitCode.FORBIDDEN, "RBAC does not let you patch pods/ephemeralcontainers in namespace " + kube.namespace
+                    + ", which is what it takes to add a debugger (an ephemeral container) to pods; ask an admin for a Role with that rule (see README, RBAC)");
+        }
+        portForwardAllowed = answer(portForward);
+        if (!portForwardAllowed && !answer(exec)) {
             throw new ExitException(ExitCode.FORBIDDEN, "RBAC lets you add a debugger in namespace " + kube.namespace
                     + " but not reach it: you may open neither pods/portforward nor pods/exec; ask for one of them (see README, RBAC)");
         }
-        if (!portForward) progress("note: RBAC denies pods/portforward here; tunnel with --mode exec");
-        requirePodSecurity(kube, core);
-        // A server-side dry run: admission (PodSecurity, webhooks) and validation answer without a change.
+        if (!portForwardAllowed) progress("note: RBAC denies pods/portforward here; tunnel with --mode exec");
+        answer(podSecurity);
+        answer(admitted);
+    }
+
+    private static final java.util.concurrent.ExecutorService QUESTIONS = java.util.concurrent.Executors.newCachedThreadPool(task -> {
+        Thread thread = new Thread(task, "kdlv-preflight");
+        thread.setDaemon(true);
+        return thread;
+    });
+
+    /** Asks on a thread of its own (the common pool has one thread on a 2-core machine). */
+    static <T> CompletableFuture<T> ask(java.util.function.Supplier<T> question) {
+        return CompletableFuture.supplyAsync(question, QUESTIONS);
+    }
+
+    /** The answer, or the ExitException the question threw. */
+    static <T> T answer(CompletableFuture<T> question) {
         try {
-            PatchUtils.patch(V1Pod.class, () -> core.patchNamespacedPodEphemeralcontainers(podName, kube.namespace, new V1Patch(patch))
-                    .dryRun("All").buildCall(null), V1Patch.PATCH_FORMAT_STRATEGIC_MERGE_PATCH, kube.client);
-        } catch (ApiException e) {
-            throw admissionFailure(e);
+            return question.join();
+        } catch (java.util.concurrent.CompletionException e) {
+            if (e.getCause() instanceof RuntimeException cause) throw cause;
+            throw e;
         }
     }
 
-    static void requireEphemeralContainersServed(CoreV1Api core) {
+    static boolean requireEphemeralContainersServed(CoreV1Api core) {
         try {
             List<V1APIResource> resources = core.getAPIResources().execute().getResources();
             if (resources.stream().noneMatch(r -> "pods/ephemeralcontainers".equals(r.getName()))) {
                 throw new ExitException(ExitCode.UNSUPPORTED, "this cluster does not serve pods/ephemeralcontainers: ephemeral containers need Kubernetes 1.23+"
                         + " (or the EphemeralContainers feature gate on 1.16-1.22); upgrade or enable it");
             }
+            return true;
         } catch (ApiException e) {
             throw Kube.failure("cannot list the API server's core resources", e);
-        }
-    }
-
-    void requireAllowed(Kube kube, String verb, String subresource, String what) {
-        if (!allowed(kube, verb, subresource)) {
-            throw new ExitException(ExitCode.FORBIDDEN, "RBAC does not let you " + verb + " pods/" + subresource + " in namespace " + kube.namespace
-                    + ", which is what it takes to " + what + "; ask an admin for a Role with that rule (see README, RBAC)");
         }
     }
 
@@ -451,12 +529,12 @@ class Attach implements Callable<Integer> {
     }
 
     /** SYS_PTRACE is outside the baseline and restricted PodSecurity levels: say so before the server does. */
-    static void requirePodSecurity(Kube kube, CoreV1Api core) {
+    static boolean requirePodSecurity(Kube kube, CoreV1Api core) {
         Map<String, String> labels;
         try {
             labels = core.readNamespace(kube.namespace).execute().getMetadata().getLabels();
         } catch (ApiException e) {
-            if (e.getCode() == 403) return; // may not read namespaces: the dry run below still asks admission
+            if (e.getCode() == 403) return true; // may not read namespaces: the dry run still asks admission
             throw Kube.failure("cannot read namespace " + kube.namespace, e);
         }
         String level = labels == null ? null : labels.get("pod-security.kubernetes.io/enforce");
@@ -465,6 +543,7 @@ class Attach implements Callable<Integer> {
                     + "', which forbids the SYS_PTRACE capability Delve needs to attach; debug where the level is privileged,"
                     + " or ask an admin to label the namespace pod-security.kubernetes.io/enforce=privileged while you debug");
         }
+        return true;
     }
 
     ExitException admissionFailure(ApiException e) {
@@ -696,6 +775,7 @@ class Attach implements Callable<Integer> {
     // ---- small helpers ------------------------------------------------------------------------------------------
 
     void progress(String format, Object... args) {
+        if (quiet) return;
         PrintWriter err = spec.commandLine().getErr();
         err.println(String.format(format, args));
         err.flush();

@@ -181,18 +181,40 @@ final class Tunnel implements Closeable {
             checkRunning(target, debugger);
             checkAllowed(kube, pod, mode);
             int port = remotePort > 0 ? remotePort : defaultPort(target, debugger);
-            Tunnel tunnel = new Tunnel(kube, pod, debugger, port, mode, log, verbose, target.getMetadata().getUid(), server);
-            try {
-                tunnel.start(target);
-            } catch (RuntimeException e) {
-                tunnel.close();
-                throw e;
-            }
-            return tunnel;
+            return start(kube, target, debugger, port, server, mode, log, verbose, true);
         } catch (RuntimeException e) {
             closeQuietly(server);
             throw e;
         }
+    }
+
+    /**
+     * Opens a tunnel to a debugger that is about to be added to {@code target}: debug.java opens it while attach adds the
+     * container, so that its API session is ready when Delve listens. The caller has checked access, and calls
+     * {@link #accept()} once Delve answers; clients that connect before wait.
+     */
+    static Tunnel openBeforeDebugger(Kube kube, V1Pod target, String debugger, int remotePort, InetSocketAddress local, Mode mode,
+                                     Consumer<String> log, boolean verbose) {
+        Objects.requireNonNull(mode, "mode");
+        ServerSocket server = bind(local);
+        try {
+            return start(kube, target, debugger, remotePort, server, mode, log, verbose, false);
+        } catch (RuntimeException e) {
+            closeQuietly(server);
+            throw e;
+        }
+    }
+
+    private static Tunnel start(Kube kube, V1Pod target, String debugger, int port, ServerSocket server, Mode mode,
+                                Consumer<String> log, boolean verbose, boolean accept) {
+        Tunnel tunnel = new Tunnel(kube, target.getMetadata().getName(), debugger, port, mode, log, verbose, target.getMetadata().getUid(), server);
+        try {
+            tunnel.start(target, accept);
+        } catch (RuntimeException e) {
+            tunnel.close();
+            throw e;
+        }
+        return tunnel;
     }
 
     /** The local port clients connect to (the chosen one when asked for port 0). */
@@ -432,19 +454,28 @@ final class Tunnel implements Closeable {
 
     // ---- running ---------------------------------------------------------------------------------------------------
 
-    private void start(V1Pod target) {
+    private void start(V1Pod target, boolean accept) {
         if (mode == Mode.PORT_FORWARD) openSpdy();
         if (spdySupported && mode == Mode.PORT_FORWARD) {
             watchdog = new Thread(this::watchdogLoop, name + "-watchdog");
             watchdog.setDaemon(true);
             watchdog.start();
         }
-        acceptor = new Thread(this::acceptLoop, name + "-accept");
-        acceptor.setDaemon(true);
-        acceptor.start();
+        if (accept) accept();
         watcher = new Thread(() -> watchLoop(target), name + "-watch");
         watcher.setDaemon(true);
         watcher.start();
+    }
+
+    /**
+     * Starts taking connections. Until then, clients that connect wait in the listener's backlog: a stream to a port
+     * where nothing listens yet fails, and such failures can leave the API session unusable.
+     */
+    synchronized void accept() {
+        if (acceptor != null || closed.get()) return;
+        acceptor = new Thread(this::acceptLoop, name + "-accept");
+        acceptor.setDaemon(true);
+        acceptor.start();
     }
 
     private void acceptLoop() {
