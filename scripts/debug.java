@@ -15,9 +15,12 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Optional;
+import java.util.Objects;
 import java.util.concurrent.Callable;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.function.Consumer;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
@@ -123,28 +126,40 @@ class Debug implements Callable<Integer> {
             err.println(Cli.yellow("warning: the tunnel listens on " + address + ": anyone who reaches it controls the target (Delve has no authentication)"));
         }
 
-        // 1. attach: the ephemeral container with a headless Delve, or the one of ours that still answers.
+        // 1. attach's plan: the target, and the debugger to add (or the one of ours that still answers).
         Attach attach = new Attach();
         CommandLine attachCommand = Cli.command(attach);
         attachCommand.setOut(out);
         attachCommand.setErr(err);
         attachCommand.parseArgs(attachArgs().toArray(String[]::new));
-        Attach.Attached attached = attach.attach();
-        if (attached == null) { // --dry-run: attach printed its steps
+        Attach.Plan plan = attach.plan();
+        if (plan == null) { // --dry-run: attach printed its steps
             printManualSteps(out, tunnelMode);
             return ExitCode.OK;
         }
-        Kube kube = kubeOptions.kube();
-
-        // 2. tunnel: Delve on 127.0.0.1 here, one stream per connection.
-        Tunnel tunnel = Tunnel.open(kube, attached.pod(), attached.debugger(), attached.port(), local, tunnelMode,
-                line -> err.println("tunnel: " + line), verboseOption.verbose);
+        Consumer<String> tunnelLog = line -> err.println("tunnel: " + line);
+        Tunnel tunnel;
+        Attach.Attached attached;
+        if (plan.reused() != null) {
+            attached = plan.reused();
+            tunnel = Tunnel.open(plan.kube(), attached.pod(), attached.debugger(), attached.port(), local, tunnelMode, tunnelLog, verboseOption.verbose);
+        } else {
+            // 2. the tunnel opens its API session while attach's pre-flight asks its questions, then attach adds the
+            // debugger and we ask Delve through the tunnel until it answers (3).
+            tunnel = openBeside(plan, attach, local, tunnelMode, tunnelLog);
+            try {
+                attached = start(attach, plan, tunnel);
+            } catch (RuntimeException | IOException | InterruptedException e) {
+                tunnel.close();
+                throw e;
+            }
+        }
         InetSocketAddress delve = new InetSocketAddress(tunnel.localAddress().getAddress(), tunnel.localPort());
         Thread shutdown = new Thread(() -> end(tunnel, delve, attached, err), "kdlv-debug-shutdown");
         Runtime.getRuntime().addShutdownHook(shutdown);
         try {
             // 3. connect: Delve answers through the tunnel and the target runs; the IDE configurations.
-            Connect.awaitRunning(delve, DELVE_TIMEOUT);
+            if (attached.reused()) Connect.awaitRunning(delve, DELVE_TIMEOUT);
             // The IDE's substitutePath needs the binary's source paths, which Delve lists only while the target is halted:
             // peek halts it for a few milliseconds.
             boolean mapping = !ides.isEmpty();
@@ -157,9 +172,9 @@ class Debug implements Callable<Integer> {
                 written.add(ide.equals("goland") ? Connect.writeGoland(projectDir, configuration, delve)
                         : Connect.writeVscode(projectDir, configuration, delve, report.mapping().orElse(null)));
             }
-            out.printf("Delve %s on %s/%s (PID %s, %s) listens on %s:%d%s; Ctrl-C %s.%n", report.delve().delveVersion(),
-                    attached.namespace(), attached.pod(), attached.pid() == null ? "?" : attached.pid(),
-                    attached.goVersion() == null ? "Go version unknown" : attached.goVersion(),
+            out.printf("Delve %s on %s/%s (%s%s) listens on %s:%d%s; Ctrl-C %s.%n", report.delve().delveVersion(),
+                    attached.namespace(), attached.pod(), attached.pid() == null ? "" : "PID " + attached.pid() + ", ",
+                    attached.goVersion() != null ? attached.goVersion() : report.goVersion().isEmpty() ? "Go version not known yet" : report.goVersion(),
                     delve.getHostString(), delve.getPort(),
                     written.isEmpty() ? "" : ", wrote " + String.join(" and ", written.stream().map(p -> projectDir.relativize(p).toString()).toList()),
                     keep ? "closes the tunnel and leaves the debugger running" : "detaches and leaves the target running");
@@ -180,6 +195,88 @@ class Debug implements Callable<Integer> {
             throw e;
         }
     }
+
+    /**
+     * Opens the tunnel while attach's pre-flight runs: both are round trips to the API server. Refuses a pod where a
+     * Delve already answers on the port (one kdlv did not start): ours could not listen there.
+     */
+    Tunnel openBeside(Attach.Plan plan, Attach attach, InetSocketAddress local, Tunnel.Mode tunnelMode, Consumer<String> log) {
+        CompletableFuture<Tunnel> opening = Attach.ask(() ->
+                Tunnel.openBeforeDebugger(plan.kube(), plan.pod(), plan.debugger(), plan.port(), local, tunnelMode, log, verboseOption.verbose));
+        CompletableFuture<Boolean> taken = Attach.ask(() -> Attach.delveAnswers(plan.kube(), plan.podName(), plan.port(), Duration.ofSeconds(2)));
+        try {
+            attach.preflight(plan);
+            if (attach.portForwardAllowed && Attach.answer(taken)) {
+                throw new ExitException(ExitCode.STATE, "a Delve already answers on 127.0.0.1:" + plan.port() + " in pod " + plan.podName()
+                        + ", and kdlv did not start it: reach it with tunnel " + plan.podName() + " -n " + plan.kube().namespace
+                        + " -c DEBUGGER --remote-port " + plan.port() + ", or give this debugger another --port");
+            }
+        } catch (RuntimeException e) {
+            opening.thenAccept(Tunnel::close);
+            throw e;
+        }
+        return Attach.answer(opening);
+    }
+
+    /**
+     * Adds the debugger and waits until its Delve answers. Asking Delve is quicker than waiting for the kubelet, which
+     * reports a started container up to a second late (its relist period): each question is a port-forward of its own,
+     * not the tunnel's, whose API session a refused stream would end. Meanwhile attach's own wait (watch, then log)
+     * reports a debugger that cannot start, with Delve's reason.
+     */
+    Attach.Attached start(Attach attach, Attach.Plan plan, Tunnel tunnel) throws IOException, InterruptedException {
+        Thread interrupted = attach.add(plan);
+        CompletableFuture<Attach.Found> waiting = Attach.ask(() -> {
+            try {
+                return attach.waitForDelve(plan.kube(), plan.core(), plan.podName(), plan.debugger());
+            } catch (RuntimeException e) {
+                throw e;
+            } catch (Exception e) {
+                throw new ExitException(ExitCode.FAILURE, "waiting for debugger " + plan.debugger() + ": " + e.getMessage(), e);
+            }
+        });
+        long deadline = System.nanoTime() + timeout.toNanos();
+        try {
+            // Without pods/portforward (--mode exec), attach's wait is the only way to know.
+            boolean answers = !attach.portForwardAllowed && Attach.answer(waiting) != null;
+            while (!answers) {
+                if (waiting.isCompletedExceptionally()) Attach.answer(waiting); // the debugger cannot start: attach's reason
+                if (tunnel.ended().isDone()) { // the debugger ended: attach's wait has its reason in a moment
+                    try {
+                        Attach.answer(waiting.orTimeout(10, TimeUnit.SECONDS));
+                    } catch (java.util.concurrent.CompletionException e) {
+                        // no reason within 10 s: the tunnel's
+                    }
+                    throw Objects.requireNonNullElseGet(tunnel.ended().getNow(null), () -> new ExitException(ExitCode.GONE, "the tunnel closed"));
+                }
+                if (System.nanoTime() > deadline) throw attach.timedOut(plan.podName(), plan.debugger(), "Delve did not answer yet");
+                answers = Attach.delveAnswers(plan.kube(), plan.podName(), plan.port(), PROBE_TIMEOUT);
+                if (!answers) Thread.sleep(PROBE_INTERVAL_MILLIS);
+            }
+        } finally {
+            Runtime.getRuntime().removeShutdownHook(interrupted);
+        }
+        tunnel.accept();
+        // Through the tunnel now, until the target runs (dlv attach --continue resumes it just after it listens). Delve
+        // can listen and then fail to attach: then attach's wait has the reason.
+        try {
+            Connect.awaitRunning(new InetSocketAddress(tunnel.localAddress().getAddress(), tunnel.localPort()), DELVE_TIMEOUT);
+        } catch (ExitException | IOException e) {
+            try {
+                Attach.answer(waiting.orTimeout(10, TimeUnit.SECONDS));
+            } catch (java.util.concurrent.CompletionException noReason) {
+                throw e;
+            }
+            throw attach.delveFailed(plan.core(), plan.kube().namespace, plan.podName(), plan.debugger(), null);
+        }
+        // The PID comes from the debugger's log, which the kubelet serves a little later (Delve tells it only while the
+        // target is halted): known here when the kubelet was quick.
+        attach.quiet = true;
+        return plan.attached(Objects.requireNonNullElse(waiting.getNow(null), new Attach.Found(null, null)));
+    }
+
+    static final Duration PROBE_TIMEOUT = Duration.ofSeconds(3);
+    static final long PROBE_INTERVAL_MILLIS = 20;
 
     /** attach's arguments, from the options debug shares with it. */
     List<String> attachArgs() {
