@@ -160,6 +160,30 @@ class DebugTest {
         }
     }
 
+    @Test
+    void refusesADelveItDidNotStartBeforeAddingAnything() throws Exception {
+        String ns = cluster.createNamespace("debug-taken");
+        try {
+            String pod = cluster.deploy(ns, "demo-service.yaml", "demo-service", Duration.ofSeconds(90));
+            // The article's way, by hand: kubectl debug running dlv attach, here on the pod's loopback.
+            cluster.kubectl(Duration.ofSeconds(60), "debug", "-n", ns, pod, "--image=" + image, "--image-pull-policy=IfNotPresent",
+                    "--profile=general", "-c", "by-hand", "--target=app", "--", "dlv", "attach", "1", "--listen=127.0.0.1:2345",
+                    "--headless=true", "--api-version=2", "--accept-multiclient", "--continue", "--only-same-user=false").stdoutOrThrow();
+            for (int i = 0; i < 150 && !cluster.kubectl("logs", "-n", ns, pod, "-c", "by-hand").stdout().contains("API server listening"); i++) {
+                Thread.sleep(200);
+            }
+
+            TestTools.Result refused = TestTools.run(new Debug(), "-n", ns, pod, "--image", image, "--local-port", "0", "--kubeconfig", cluster.kubeconfig().toString());
+            assertEquals(ExitCode.STATE, refused.status(), refused.toString());
+            assertTrue(refused.err().contains("a Delve already answers on 127.0.0.1:2345 in pod " + pod + ", and kdlv did not start it"), refused.err());
+            assertEquals(1, refused.err().strip().lines().count(), "one line: " + refused.err());
+            assertEquals("by-hand", cluster.kubectl("get", "pod", "-n", ns, pod, "-o", "jsonpath={.spec.ephemeralContainers[*].name}").stdoutOrThrow().trim(),
+                    "no debugger was added");
+        } finally {
+            cluster.deleteNamespace(ns);
+        }
+    }
+
     /** Reads debug's stdout until it says where Delve listens locally; fails with its stderr if it ends first. */
     static int localPort(Process debug, StringBuilder errors) throws IOException {
         BufferedReader out = new BufferedReader(new InputStreamReader(debug.getInputStream(), StandardCharsets.UTF_8));
