@@ -121,6 +121,7 @@ class Attach implements Callable<Integer> {
     volatile boolean quiet;
 
     public static void main(String... args) {
+        Kube.warmUp();
         Cli.main(new Attach(), args);
     }
 

@@ -107,6 +107,7 @@ class Debug implements Callable<Integer> {
     private final CountDownLatch ended = new CountDownLatch(1);
 
     public static void main(String... args) {
+        Kube.warmUp();
         Cli.main(new Debug(), args);
     }
 
