@@ -243,11 +243,7 @@ class Debug implements Callable<Integer> {
             while (!answers) {
                 if (waiting.isCompletedExceptionally()) Attach.answer(waiting); // the debugger cannot start: attach's reason
                 if (tunnel.ended().isDone()) { // the debugger ended: attach's wait has its reason in a moment
-                    try {
-                        Attach.answer(waiting.orTimeout(10, TimeUnit.SECONDS));
-                    } catch (java.util.concurrent.CompletionException e) {
-                        // no reason within 10 s: the tunnel's
-                    }
+                    awaitReason(waiting);
                     throw Objects.requireNonNullElseGet(tunnel.ended().getNow(null), () -> new ExitException(ExitCode.GONE, "the tunnel closed"));
                 }
                 if (System.nanoTime() > deadline) throw attach.timedOut(plan.podName(), plan.debugger(), "Delve did not answer yet");
@@ -263,17 +259,29 @@ class Debug implements Callable<Integer> {
         try {
             Connect.awaitRunning(new InetSocketAddress(tunnel.localAddress().getAddress(), tunnel.localPort()), DELVE_TIMEOUT);
         } catch (ExitException | IOException e) {
-            try {
-                Attach.answer(waiting.orTimeout(10, TimeUnit.SECONDS));
-            } catch (java.util.concurrent.CompletionException noReason) {
-                throw e;
-            }
+            if (!awaitReason(waiting)) throw e;
             throw attach.delveFailed(plan.core(), plan.kube().namespace, plan.podName(), plan.debugger(), null);
         }
         // The PID comes from the debugger's log, which the kubelet serves a little later (Delve tells it only while the
         // target is halted): known here when the kubelet was quick.
         attach.quiet = true;
         return plan.attached(Objects.requireNonNullElse(waiting.getNow(null), new Attach.Found(null, null)));
+    }
+
+    /**
+     * Gives attach's wait up to 10 s to end: throws its failure (the debugger's reason), returns true when it ended
+     * without one (Delve said it listens), false when it is still waiting.
+     */
+    static boolean awaitReason(CompletableFuture<Attach.Found> waiting) throws InterruptedException {
+        try {
+            waiting.get(10, TimeUnit.SECONDS);
+            return true;
+        } catch (java.util.concurrent.ExecutionException e) {
+            if (e.getCause() instanceof RuntimeException reason) throw reason;
+            throw new ExitException(ExitCode.FAILURE, "waiting for the debugger: " + e.getCause(), e.getCause());
+        } catch (java.util.concurrent.TimeoutException e) {
+            return false;
+        }
     }
 
     static final Duration PROBE_TIMEOUT = Duration.ofSeconds(3);
