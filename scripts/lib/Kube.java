@@ -261,18 +261,40 @@ final class ClientCertificate {
             if (certificate == null || key == null) return Optional.empty();
             Optional<java.security.PrivateKey> privateKey = privateKey(new String(key, java.nio.charset.StandardCharsets.US_ASCII));
             if (privateKey.isEmpty()) return Optional.empty();
-            java.util.Collection<? extends java.security.cert.Certificate> chain = java.security.cert.CertificateFactory.getInstance("X.509")
-                    .generateCertificates(new java.io.ByteArrayInputStream(certificate));
-            java.security.KeyStore store = java.security.KeyStore.getInstance("PKCS12");
-            store.load(null, null);
-            char[] password = new char[0];
-            store.setKeyEntry("client", privateKey.get(), password, chain.toArray(java.security.cert.Certificate[]::new));
-            javax.net.ssl.KeyManagerFactory factory = javax.net.ssl.KeyManagerFactory.getInstance(javax.net.ssl.KeyManagerFactory.getDefaultAlgorithm());
-            factory.init(store, password);
-            return Optional.of(factory.getKeyManagers());
+            java.security.cert.X509Certificate[] chain = java.security.cert.CertificateFactory.getInstance("X.509")
+                    .generateCertificates(new java.io.ByteArrayInputStream(certificate)).toArray(java.security.cert.X509Certificate[]::new);
+            if (chain.length == 0) return Optional.empty();
+            return Optional.of(new KeyManager[] {new OneKey(privateKey.get(), chain)});
         } catch (IOException | java.security.GeneralSecurityException | RuntimeException e) {
             return Optional.empty(); // client-java tries, and says what is wrong
         }
+    }
+
+    /**
+     * The client's key and certificate chain, offered to every server that asks for one of the key's type. A PKCS#12
+     * KeyStore and the JDK's KeyManagerFactory would do the same, after encrypting the key and decrypting it again
+     * with PBKDF2 (about 100 ms of CPU).
+     */
+    private static final class OneKey extends javax.net.ssl.X509ExtendedKeyManager {
+        private final java.security.PrivateKey key;
+        private final java.security.cert.X509Certificate[] chain;
+
+        OneKey(java.security.PrivateKey key, java.security.cert.X509Certificate[] chain) {
+            this.key = key;
+            this.chain = chain;
+        }
+
+        private String alias(String... keyTypes) {
+            return keyTypes != null && java.util.Arrays.asList(keyTypes).contains(key.getAlgorithm()) ? "client" : null;
+        }
+
+        @Override public String chooseClientAlias(String[] keyTypes, java.security.Principal[] issuers, java.net.Socket socket) { return alias(keyTypes); }
+        @Override public String chooseEngineClientAlias(String[] keyTypes, java.security.Principal[] issuers, javax.net.ssl.SSLEngine engine) { return alias(keyTypes); }
+        @Override public String[] getClientAliases(String keyType, java.security.Principal[] issuers) { return alias(keyType) == null ? null : new String[] {"client"}; }
+        @Override public java.security.cert.X509Certificate[] getCertificateChain(String alias) { return "client".equals(alias) ? chain.clone() : null; }
+        @Override public java.security.PrivateKey getPrivateKey(String alias) { return "client".equals(alias) ? key : null; }
+        @Override public String chooseServerAlias(String keyType, java.security.Principal[] issuers, java.net.Socket socket) { return null; }
+        @Override public String[] getServerAliases(String keyType, java.security.Principal[] issuers) { return null; }
     }
 
     /** The current context's user has a client certificate and key, and nothing else (no token, exec or password). */
