@@ -84,7 +84,10 @@ import picocli.CommandLine.Spec;
                 "18:something answers on the address, but it is not Delve"})
 class Connect implements Callable<Integer> {
     static final String DEFAULT_ADDRESS = "127.0.0.1:2345";
-    static final ObjectMapper JSON = JsonMapper.builder().enable(SerializationFeature.INDENT_OUTPUT).build();
+    /** Jackson, for launch.json and -o json: made on first use (debug reaches Delve, with Gson, before it needs any). */
+    static final class Json {
+        static final ObjectMapper MAPPER = JsonMapper.builder().enable(SerializationFeature.INDENT_OUTPUT).build();
+    }
 
     @Option(names = "--address", paramLabel = "HOST:PORT", defaultValue = DEFAULT_ADDRESS,
             description = "Where Delve (or the tunnel to it) listens (default: ${DEFAULT-VALUE}).")
@@ -181,7 +184,7 @@ class Connect implements Callable<Integer> {
         }
         report = new Report(report.address(), report.delve(), report.state(), report.goVersion(), report.mapping(), written);
         if ("json".equals(output)) {
-            out.println(JSON.writeValueAsString(toJson(report)));
+            out.println(Json.MAPPER.writeValueAsString(toJson(report)));
         } else {
             print(report, out);
         }
@@ -234,9 +237,7 @@ class Connect implements Callable<Integer> {
             return new ExitException(ExitCode.NOT_DELVE, where + " accepted the connection but sent no JSON-RPC answer within "
                     + Durations.format(timeout) + ": it is not Delve (or the tunnel's far end does not answer); check the port");
         }
-        String what = e instanceof JsonProcessingException json ? "something that is not JSON-RPC (" + Cli.firstLine(json.getOriginalMessage()) + ")"
-                : Cli.firstLine(e.getMessage());
-        return new ExitException(ExitCode.NOT_DELVE, where + " answered, but it is not Delve's JSON-RPC API: " + what
+        return new ExitException(ExitCode.NOT_DELVE, where + " answered, but it is not Delve's JSON-RPC API: " + Cli.firstLine(e.getMessage())
                 + "; point --address at a headless Delve (dlv ... --headless --api-version=2)");
     }
 
@@ -360,7 +361,7 @@ class Connect implements Callable<Integer> {
     }
 
     static ObjectNode toJson(Report report) {
-        ObjectNode json = JSON.createObjectNode();
+        ObjectNode json = Json.MAPPER.createObjectNode();
         json.put("address", report.address());
         json.put("delveVersion", report.delve().delveVersion());
         json.put("apiVersion", report.delve().apiVersion());
@@ -406,7 +407,7 @@ class Connect implements Callable<Integer> {
             } else {
                 out.println("# add to \"configurations\" in " + projectDir.resolve(".vscode").resolve("launch.json")
                         + (mapping == null ? " (substitutePath: from your checkout to the path `sources` shows)" : "") + ":");
-                out.println(JSON.writeValueAsString(vscodeConfiguration(name, delve, mapping, projectDir)));
+                out.println(Json.MAPPER.writeValueAsString(vscodeConfiguration(name, delve, mapping, projectDir)));
             }
         }
         out.println("# to end the debugger and leave the target running, untraced (connect detach does this):");
@@ -466,7 +467,7 @@ class Connect implements Callable<Integer> {
     static Path writeVscode(Path projectDir, String name, InetSocketAddress delve, SourceMapping mapping) {
         Path file = projectDir.resolve(".vscode").resolve("launch.json");
         ObjectNode launch = readLaunchJson(file).orElseGet(() -> {
-            ObjectNode fresh = JSON.createObjectNode();
+            ObjectNode fresh = Json.MAPPER.createObjectNode();
             fresh.put("version", "0.2.0");
             fresh.putArray("configurations");
             return fresh;
@@ -498,11 +499,11 @@ class Connect implements Callable<Integer> {
                         .withObjectFieldValueSpacing(com.fasterxml.jackson.core.util.Separators.Spacing.AFTER))
                 .withObjectIndenter(indenter);
         printer.indentArraysWith(indenter);
-        return JSON.writer(printer);
+        return Json.MAPPER.writer(printer);
     }
 
     static ObjectNode vscodeConfiguration(String name, InetSocketAddress delve, SourceMapping mapping, Path projectDir) {
-        ObjectNode configuration = JSON.createObjectNode();
+        ObjectNode configuration = Json.MAPPER.createObjectNode();
         configuration.put("name", name);
         configuration.put("type", "go");
         configuration.put("request", "attach");
@@ -537,7 +538,7 @@ class Connect implements Callable<Integer> {
         if (text.isBlank()) return Optional.empty();
         JsonNode tree;
         try {
-            tree = JSON.readTree(text);
+            tree = Json.MAPPER.readTree(text);
         } catch (JsonProcessingException strict) {
             boolean lenientOk;
             try {
@@ -731,11 +732,11 @@ class ConnectDetach implements Callable<Integer> {
         }
         int pid = detach(delve, timeout);
         if ("json".equals(output)) {
-            ObjectNode json = Connect.JSON.createObjectNode();
+            ObjectNode json = Connect.Json.MAPPER.createObjectNode();
             json.put("address", where);
             json.put("pid", pid);
             json.put("detached", true);
-            out.println(Connect.JSON.writeValueAsString(json));
+            out.println(Connect.Json.MAPPER.writeValueAsString(json));
         } else {
             out.println("detached: Delve at " + where + " let go of PID " + pid + " and exited; the target keeps running, untraced.");
         }

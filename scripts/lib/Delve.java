@@ -1,16 +1,24 @@
-import com.fasterxml.jackson.databind.JsonNode;
-import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.node.ObjectNode;
+import com.google.gson.JsonArray;
+import com.google.gson.JsonElement;
+import com.google.gson.JsonIOException;
+import com.google.gson.JsonObject;
+import com.google.gson.JsonParser;
+import com.google.gson.JsonSyntaxException;
+import com.google.gson.stream.JsonReader;
+import com.google.gson.stream.JsonToken;
 import java.io.Closeable;
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.InputStreamReader;
 import java.io.OutputStream;
 import java.net.InetSocketAddress;
 import java.net.Socket;
+import java.nio.charset.StandardCharsets;
 
 /**
  * A client of Delve's JSON-RPC API (version 2), the protocol `dlv connect` speaks: JSON-RPC 1.0 objects
- * written back to back on one stream, the answer read with a streaming parser. Only what the toolkit needs.
+ * written back to back on one stream, the answer read with a streaming parser. Only what the toolkit needs. Written
+ * with Gson, which the Kubernetes client has loaded already (debug asks Delve while the debugger starts).
  */
 final class Delve implements Closeable {
     /** What RPCServer.GetVersion answers. */
@@ -23,11 +31,10 @@ final class Delve implements Closeable {
         }
     }
 
-    private static final ObjectMapper JSON = new ObjectMapper();
     private final Closeable connection;
     private final OutputStream out;
     private final InputStream input;
-    private com.fasterxml.jackson.core.JsonParser in; // made on the first answer: making it reads ahead
+    private JsonReader in; // made on the first answer: it reads ahead
     private int nextId = 1;
 
     Delve(InputStream in, OutputStream out, Closeable connection) throws IOException {
@@ -50,49 +57,69 @@ final class Delve implements Closeable {
     }
 
     /** Calls RPCServer.METHOD with one parameter object and returns its result; a Delve error becomes an IOException. */
-    synchronized JsonNode call(String method, ObjectNode params) throws IOException {
+    synchronized JsonObject call(String method, JsonObject params) throws IOException {
         int id = send(method, params);
-        if (in == null) in = JSON.getFactory().createParser(input);
+        if (in == null) {
+            in = new JsonReader(new InputStreamReader(input, StandardCharsets.UTF_8));
+            in.setStrictness(com.google.gson.Strictness.LENIENT); // one value after another
+        }
         while (true) {
-            JsonNode answer = JSON.readTree(in);
-            if (answer == null || !answer.isObject()) throw new IOException("the server closed the connection or did not answer JSON-RPC");
-            if (answer.has("id") && answer.get("id").isInt() && answer.get("id").asInt() != id) continue; // a late answer to send()
-            if (answer.hasNonNull("error")) throw new IOException("Delve answered " + method + " with an error: " + answer.get("error").asText());
+            JsonElement read = next(in);
+            if (read == null) throw new IOException("the server closed the connection without an answer");
+            if (!read.isJsonObject()) throw new IOException("something that is not JSON-RPC (it sent " + Cli.firstLine(read.toString()) + ")");
+            JsonObject answer = read.getAsJsonObject();
+            if (number(answer, "id", id) != id) continue; // a late answer to send()
+            if (answer.has("error") && !answer.get("error").isJsonNull()) {
+                throw new IOException("Delve answered " + method + " with an error: " + text(answer, "error"));
+            }
             if (!answer.has("result")) throw new IOException("the answer to " + method + " has no result: this is not Delve's JSON-RPC API");
-            return answer.get("result");
+            return object(answer, "result");
+        }
+    }
+
+    /** The next JSON value on the stream, or null at its end. */
+    private static JsonElement next(JsonReader in) throws IOException {
+        try {
+            return in.peek() == JsonToken.END_DOCUMENT ? null : JsonParser.parseReader(in);
+        } catch (JsonIOException e) {
+            throw e.getCause() instanceof IOException cause ? cause : new IOException(e.getMessage(), e);
+        } catch (JsonSyntaxException e) {
+            throw new IOException("something that is not JSON-RPC (" + Cli.firstLine(String.valueOf(e.getCause() != null ? e.getCause().getMessage() : e.getMessage())) + ")", e);
         }
     }
 
     /** Sends RPCServer.METHOD without waiting for its answer (continue answers only when the target stops again). */
-    synchronized int send(String method, ObjectNode params) throws IOException {
-        ObjectNode request = JSON.createObjectNode();
-        request.put("method", "RPCServer." + method);
-        request.putArray("params").add(params);
+    synchronized int send(String method, JsonObject params) throws IOException {
+        JsonObject request = new JsonObject();
+        request.addProperty("method", "RPCServer." + method);
+        JsonArray array = new JsonArray();
+        array.add(params);
+        request.add("params", array);
         int id = nextId++;
-        request.put("id", id);
-        out.write(JSON.writeValueAsBytes(request));
+        request.addProperty("id", id);
+        out.write(request.toString().getBytes(StandardCharsets.UTF_8));
         out.flush();
         return id;
     }
 
     Version version() throws IOException {
-        JsonNode result = call("GetVersion", JSON.createObjectNode());
+        JsonObject result = call("GetVersion", new JsonObject());
         if (!result.has("DelveVersion")) throw new IOException("the answer to GetVersion has no DelveVersion: this is not Delve");
-        String delveVersion = result.path("DelveVersion").asText().strip(); // "Version: 1.27.2\nBuild: $Id: ... $"
+        String delveVersion = text(result, "DelveVersion").strip(); // "Version: 1.27.2\nBuild: $Id: ... $"
         java.util.regex.Matcher number = java.util.regex.Pattern.compile("Version: (\\S+)").matcher(delveVersion);
-        return new Version(number.find() ? number.group(1) : delveVersion, result.path("APIVersion").asInt(),
-                result.path("TargetGoVersion").asText(""),
+        return new Version(number.find() ? number.group(1) : delveVersion, (int) number(result, "APIVersion", 0),
+                text(result, "TargetGoVersion"),
                 goVersion(result, "MinSupportedVersionOfGo"), goVersion(result, "MaxSupportedVersionOfGo"));
     }
 
     /** The target's state without blocking, even while it runs. */
     State state() throws IOException {
-        return state(call("State", params().put("NonBlocking", true)).path("State"));
+        return state(object(call("State", params("NonBlocking", true)), "State"));
     }
 
     /** Stops the target (Delve answers once it has stopped) and returns where it stopped. */
     State halt() throws IOException {
-        return state(call("Command", params().put("name", "halt")).path("State"));
+        return state(object(call("Command", params("name", "halt")), "State"));
     }
 
     /**
@@ -101,7 +128,7 @@ final class Delve implements Closeable {
      * State says it runs.
      */
     void resume() throws IOException {
-        send("Command", params().put("name", "continue"));
+        send("Command", params("name", "continue"));
         long deadline = System.nanoTime() + 5_000_000_000L;
         while (System.nanoTime() < deadline) {
             State state = state();
@@ -125,45 +152,79 @@ final class Delve implements Closeable {
         State state = state();
         if (state.exited()) throw new IOException("the target has exited; there is nothing to detach from");
         if (state.running()) state = halt();
-        call("Detach", params().put("Kill", false));
+        call("Detach", params("Kill", false));
         return state;
     }
 
     /** The source files of the target's binary whose path matches the regular expression (all with ""). */
     java.util.List<String> sources(String filter) throws IOException {
         java.util.List<String> sources = new java.util.ArrayList<>();
-        call("ListSources", params().put("Filter", filter)).path("Sources").forEach(s -> sources.add(s.asText()));
+        array(call("ListSources", params("Filter", filter)), "Sources").forEach(s -> sources.add(s.isJsonPrimitive() ? s.getAsString() : ""));
         return sources;
     }
 
     /** The ids of the user's breakpoints (Delve's own, such as unrecovered-panic, have negative ids). */
     java.util.List<Integer> breakpoints() throws IOException {
         java.util.List<Integer> ids = new java.util.ArrayList<>();
-        call("ListBreakpoints", params().put("All", false)).path("Breakpoints").forEach(b -> {
-            if (b.path("id").asInt() > 0) ids.add(b.path("id").asInt());
+        array(call("ListBreakpoints", params("All", false)), "Breakpoints").forEach(b -> {
+            long id = b.isJsonObject() ? number(b.getAsJsonObject(), "id", 0) : 0;
+            if (id > 0) ids.add((int) id);
         });
         return ids;
     }
 
     void clearBreakpoint(int id) throws IOException {
-        call("ClearBreakpoint", params().put("Id", id));
+        call("ClearBreakpoint", params("Id", id));
     }
 
-    private static State state(JsonNode state) {
-        JsonNode goroutine = state.path("currentGoroutine");
-        JsonNode location = goroutine.path("userCurrentLoc").isObject() ? goroutine.path("userCurrentLoc") : state.path("currentThread");
-        return new State(state.path("Running").asBoolean(), state.path("exited").asBoolean(), state.path("Pid").asInt(),
-                location.path("file").asText(""), location.path("line").asInt(), location.path("function").path("name").asText(""),
-                goroutine.path("id").asLong(state.path("currentThread").path("goroutineID").asLong()));
+    private static State state(JsonObject state) {
+        JsonObject goroutine = object(state, "currentGoroutine");
+        JsonElement user = goroutine.get("userCurrentLoc");
+        JsonObject location = user != null && user.isJsonObject() ? user.getAsJsonObject() : object(state, "currentThread");
+        return new State(bool(state, "Running"), bool(state, "exited"), (int) number(state, "Pid", 0),
+                text(location, "file"), (int) number(location, "line", 0), text(object(location, "function"), "name"),
+                number(goroutine, "id", number(object(state, "currentThread"), "goroutineID", 0)));
     }
 
-    private static String goVersion(JsonNode result, String field) {
-        String version = result.path(field).asText("");
+    private static String goVersion(JsonObject result, String field) {
+        String version = text(result, field);
         return version.isEmpty() || version.startsWith("go") ? version : "go" + version;
     }
 
-    static ObjectNode params() {
-        return JSON.createObjectNode();
+    /** The one parameter object of a call, with one field. */
+    private static JsonObject params(String name, Object value) {
+        JsonObject params = new JsonObject();
+        if (value instanceof Boolean b) params.addProperty(name, b);
+        else if (value instanceof Number n) params.addProperty(name, n);
+        else params.addProperty(name, String.valueOf(value));
+        return params;
+    }
+
+    // Reading an answer as it may come: a field that is missing, null or of another type reads as empty, 0 or false.
+
+    private static JsonObject object(JsonObject o, String field) {
+        JsonElement e = o.get(field);
+        return e != null && e.isJsonObject() ? e.getAsJsonObject() : new JsonObject();
+    }
+
+    private static JsonArray array(JsonObject o, String field) {
+        JsonElement e = o.get(field);
+        return e != null && e.isJsonArray() ? e.getAsJsonArray() : new JsonArray();
+    }
+
+    private static String text(JsonObject o, String field) {
+        JsonElement e = o.get(field);
+        return e != null && e.isJsonPrimitive() ? e.getAsString() : "";
+    }
+
+    private static long number(JsonObject o, String field, long otherwise) {
+        JsonElement e = o.get(field);
+        return e != null && e.isJsonPrimitive() && e.getAsJsonPrimitive().isNumber() ? e.getAsLong() : otherwise;
+    }
+
+    private static boolean bool(JsonObject o, String field) {
+        JsonElement e = o.get(field);
+        return e != null && e.isJsonPrimitive() && e.getAsJsonPrimitive().isBoolean() && e.getAsBoolean();
     }
 
     @Override
