@@ -442,7 +442,7 @@ class Attach implements Callable<Integer> {
 
     /**
      * The strategic-merge patch that adds the container (merged by name into spec.ephemeralContainers). Written with
-     * the client's Gson, already loaded: Jackson's ObjectMapper would load some 450 classes on the way to the patch.
+     * Gson, which the Kubernetes client has loaded already: Jackson's ObjectMapper would load some 450 classes more.
      */
     static String patchBody(Map<String, Object> container) {
         return new com.google.gson.GsonBuilder().disableHtmlEscaping().create()

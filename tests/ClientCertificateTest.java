@@ -87,7 +87,7 @@ class ClientCertificateTest {
         }
         javax.net.ssl.KeyManager[] keyManagers = ClientCertificate.keyManagers(config).orElseThrow();
         java.security.cert.X509Certificate clientCertificate = (java.security.cert.X509Certificate) java.security.cert.CertificateFactory
-                .getInstance("X.509").generateCertificate(Files.newInputStream(cert));
+                .getInstance("X.509").generateCertificate(new java.io.ByteArrayInputStream(Files.readAllBytes(cert)));
 
         // The server: its own self-signed RSA certificate; trusts exactly the client's.
         Path serverKey = dir.resolve("server.key");
@@ -96,7 +96,7 @@ class ClientCertificateTest {
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", serverKey.toString(), "-subj", "/CN=localhost", "-days", "1", "-out", serverCert.toString());
         openssl("pkcs12", "-export", "-inkey", serverKey.toString(), "-in", serverCert.toString(), "-passout", "pass:test", "-out", serverStore.toString());
         java.security.KeyStore serverKeys = java.security.KeyStore.getInstance("PKCS12");
-        serverKeys.load(Files.newInputStream(serverStore), "test".toCharArray());
+        serverKeys.load(new java.io.ByteArrayInputStream(Files.readAllBytes(serverStore)), "test".toCharArray());
         javax.net.ssl.KeyManagerFactory serverKeyManagers = javax.net.ssl.KeyManagerFactory.getInstance("SunX509");
         serverKeyManagers.init(serverKeys, "test".toCharArray());
         javax.net.ssl.SSLContext serverContext = javax.net.ssl.SSLContext.getInstance("TLS");

@@ -66,7 +66,7 @@ final class Delve implements Closeable {
         while (true) {
             JsonElement read = next(in);
             if (read == null) throw new IOException("the server closed the connection without an answer");
-            if (!read.isJsonObject()) throw new IOException("something that is not JSON-RPC (it sent " + Cli.firstLine(read.toString()) + ")");
+            if (!read.isJsonObject()) throw notJsonRpc("it sent " + read, null);
             JsonObject answer = read.getAsJsonObject();
             if (number(answer, "id", id) != id) continue; // a late answer to send()
             if (answer.has("error") && !answer.get("error").isJsonNull()) {
@@ -83,9 +83,13 @@ final class Delve implements Closeable {
             return in.peek() == JsonToken.END_DOCUMENT ? null : JsonParser.parseReader(in);
         } catch (JsonIOException e) {
             throw e.getCause() instanceof IOException cause ? cause : new IOException(e.getMessage(), e);
-        } catch (JsonSyntaxException e) {
-            throw new IOException("something that is not JSON-RPC (" + Cli.firstLine(String.valueOf(e.getCause() != null ? e.getCause().getMessage() : e.getMessage())) + ")", e);
+        } catch (JsonSyntaxException e) { // Gson wraps the reader's MalformedJsonException, whose message says where
+            throw notJsonRpc(String.valueOf((e.getCause() != null ? e.getCause() : e).getMessage()), e);
         }
+    }
+
+    private static IOException notJsonRpc(String what, Throwable cause) {
+        return new IOException("something that is not JSON-RPC (" + Cli.firstLine(what) + ")", cause);
     }
 
     /** Sends RPCServer.METHOD without waiting for its answer (continue answers only when the target stops again). */
